@@ -1,0 +1,130 @@
+"""Checkpoint files: atomic writes, rotation, safe (weights-only) loading, resume discovery.
+
+Layout in ``checkpoints/``::
+
+    step_0001200.pth     every save (the newest ``keep_last`` are kept)
+    last.pth             hard link to the newest save (always a complete file)
+    model_epoch_N.pth    hard link to the save at the end of epoch N (never rotated)
+
+Every file holds ``model_state_dict`` plus what exact resume needs (optimizer,
+scaler, step, RNG states, data position) and the resolved config it came from.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import CheckpointError
+
+STEP_RE = re.compile(r"^step_(\d+)\.pth$")
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """Write to a temp file in the same folder, fsync, then rename over ``path``.
+
+    A crash (or SIGKILL) at any moment leaves either the old file or the new one.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise CheckpointError(f"could not write checkpoint {path}: {e.strerror or e}; "
+                              "free disk space or set trainer.save_path to a writable folder") from e
+    _fsync_dir(path.parent)
+
+
+def _link(src: Path, dst: Path) -> None:
+    """Atomically make ``dst`` the same file as ``src`` (hard link; copy where links fail)."""
+    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def save_checkpoint(
+    payload: dict, ckpt_dir: Path, step: int, keep_last: int, epoch_end: int | None = None
+) -> Path:
+    ckpt_dir = Path(ckpt_dir)
+    try:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CheckpointError(f"cannot create checkpoint folder {ckpt_dir}: {e.strerror}; "
+                              "set trainer.save_path to a writable folder") from e
+    path = ckpt_dir / f"step_{step:07d}.pth"
+    atomic_save(payload, path)
+    _link(path, ckpt_dir / "last.pth")
+    if epoch_end is not None:
+        _link(path, ckpt_dir / f"model_epoch_{epoch_end}.pth")
+    steps = sorted(p for p in ckpt_dir.iterdir() if STEP_RE.match(p.name))
+    for old in steps[: max(0, len(steps) - max(1, keep_last))]:
+        old.unlink(missing_ok=True)
+    _fsync_dir(ckpt_dir)
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Load with ``weights_only=True``: tensors and plain containers only, never arbitrary objects."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - every failure mode becomes one clear line
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "weights_only" in str(e) or "Unsupported global" in str(e):
+            raise CheckpointError(
+                f"refusing to load {path}: it contains objects other than tensors and plain "
+                f"data ({first[:160]}); only load checkpoints you trust, re-saved as state dicts"
+            ) from e
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({first[:160]})") from e
+    if not isinstance(obj, dict) or "model_state_dict" not in obj:
+        raise CheckpointError(f"{path} is not an lfbyte checkpoint (no model_state_dict)")
+    return obj
+
+
+def checkpoint_candidates(ckpt_dir: Path) -> list[Path]:
+    """Resume candidates, newest first: ``last.pth`` then ``step_*.pth`` by step."""
+    ckpt_dir = Path(ckpt_dir)
+    if not ckpt_dir.is_dir():
+        return []
+    steps = sorted((p for p in ckpt_dir.iterdir() if STEP_RE.match(p.name)), reverse=True)
+    last = ckpt_dir / "last.pth"
+    return ([last] if last.is_file() else []) + steps
+
+
+def load_latest(ckpt_dir: Path, map_location: str | torch.device = "cpu") -> tuple[Path, dict] | None:
+    """The newest loadable checkpoint; corrupt ones are skipped with a warning."""
+    for path in checkpoint_candidates(ckpt_dir):
+        try:
+            return path, load_checkpoint(path, map_location)
+        except CheckpointError as e:
+            print(f"warning: skipping {e}", flush=True)
+    return None

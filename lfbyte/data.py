@@ -1,0 +1,233 @@
+"""Byte corpora: files -> one cached uint8 memmap + document offsets -> random windows.
+
+The corpus is seen as one virtual token stream ``SEP doc_0 SEP doc_1 ...`` where
+``SEP`` (token 256) marks a document start. Bytes are stored once as uint8 (never
+as 16-bit tokens) and separators are inserted on the fly when a window is read,
+so any file type, of any size, costs its own size on disk and is memory-mapped,
+never read whole into RAM.
+"""
+
+from __future__ import annotations
+
+import ast
+import glob
+import hashlib
+import json
+import os
+import sys
+import sysconfig
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import DataError
+from .model.lfbyte import SEPARATOR
+
+DEFAULT_CORPUS = "python-docs"
+_COPY_CHUNK = 16 << 20
+
+
+def default_cache_dir() -> Path:
+    root = os.environ.get("LFBYTE_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "lfbyte"
+    )
+    return Path(root) / "data"
+
+
+def _python_docs() -> Iterator[bytes]:
+    """The embedded default: English documentation prose that ships with every CPython.
+
+    The ``pydoc_data.topics`` reference pages (what ``help('if')`` shows), then every
+    docstring of 200+ characters in the standard library's modules (tests excluded),
+    in sorted file order: ~1.7 MB on CPython 3.11. No download, no third-party text.
+    """
+    import pydoc_data.topics as topics
+
+    for key in sorted(topics.topics):
+        yield topics.topics[key].strip().encode("utf-8")
+    root = Path(sysconfig.get_paths()["stdlib"])
+    skip = {"test", "tests", "site-packages", "dist-packages", "idlelib", "lib2to3", "turtledemo"}
+    for path in sorted(root.rglob("*.py")):
+        if skip.intersection(path.relative_to(root).parts):
+            continue
+        try:
+            tree = ast.parse(path.read_bytes())
+        except (SyntaxError, ValueError, OSError):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                doc = ast.get_docstring(node)
+                if doc and len(doc) >= 200:
+                    yield doc.encode("utf-8", errors="replace")
+
+
+def resolve_files(path: str) -> list[Path]:
+    """A file, a directory (all non-hidden files below it) or a glob -> sorted files."""
+    p = Path(os.path.expanduser(path))
+    if any(ch in path for ch in "*?["):
+        files = [Path(f) for f in glob.glob(os.path.expanduser(path), recursive=True)]
+        files = [f for f in files if f.is_file()]
+        if not files:
+            raise DataError(f"data.path={path!r} matches no files; check the pattern (use ** for subfolders)")
+    elif p.is_dir():
+        files = [
+            f
+            for f in p.rglob("*")
+            if f.is_file() and not any(part.startswith(".") for part in f.relative_to(p).parts)
+        ]
+        if not files:
+            raise DataError(f"data.path={path!r} is a directory with no files in it; point it at your data")
+    elif p.is_file():
+        files = [p]
+    else:
+        raise DataError(f"data.path={path!r} does not exist; give a file, a directory or a glob")
+    for f in files:
+        if not os.access(f, os.R_OK):
+            raise DataError(f"cannot read {f} (permission denied); fix its permissions or leave it out of data.path")
+    return sorted(files)
+
+
+@dataclass
+class ByteCorpus:
+    """Concatenated document bytes (uint8 memmap) and document start offsets."""
+
+    data: np.ndarray  # uint8, all documents back to back
+    starts: np.ndarray  # int64, start of each document in ``data``; len = num_docs + 1
+    name: str = ""
+
+    @property
+    def num_docs(self) -> int:
+        return len(self.starts) - 1
+
+    def __len__(self) -> int:
+        """Length of the virtual stream (bytes + one separator per document)."""
+        return int(len(self.data) + self.num_docs)
+
+    def tokens(self, positions: np.ndarray) -> np.ndarray:
+        """Token ids (int64) at virtual stream positions (any shape)."""
+        vstarts = self.starts[:-1] + np.arange(self.num_docs)  # virtual index of each SEP
+        doc = np.searchsorted(vstarts, positions, side="right") - 1
+        offset = positions - vstarts[doc]
+        is_sep = offset == 0
+        src = np.where(is_sep, 0, self.starts[doc] + offset - 1)
+        out = self.data[src.ravel()].astype(np.int64).reshape(positions.shape)
+        out[is_sep] = SEPARATOR
+        return out
+
+
+def _build_cache(docs: Iterator[bytes | Path], target: Path) -> None:
+    """Stream documents into ``target/{bytes.bin,starts.npy}``, atomically (tmp dir + rename)."""
+    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+    tmp.mkdir(parents=True, exist_ok=True)
+    starts, total = [0], 0
+    with open(tmp / "bytes.bin", "wb") as out:
+        for doc in docs:
+            if isinstance(doc, Path):
+                with open(doc, "rb") as f:
+                    while chunk := f.read(_COPY_CHUNK):
+                        out.write(chunk)
+                        total += len(chunk)
+            else:
+                out.write(doc)
+                total += len(doc)
+            if total > starts[-1]:  # empty files add nothing, not even a separator
+                starts.append(total)
+    np.save(tmp / "starts.npy", np.asarray(starts, dtype=np.int64))
+    try:
+        os.replace(tmp, target)
+    except OSError:  # another process finished the same cache first
+        if not (target / "starts.npy").exists():
+            raise
+        for f in tmp.iterdir():
+            f.unlink()
+        tmp.rmdir()
+
+
+def load_corpus(path: str | None, cache_dir: str | None = None) -> ByteCorpus:
+    """Open (building once if needed) the corpus at ``path``; ``None`` is the embedded default."""
+    if path is None or path == DEFAULT_CORPUS:
+        key = {"corpus": DEFAULT_CORPUS, "python": sys.version, "stdlib": sysconfig.get_paths()["stdlib"]}
+        files = None
+        name = f"{DEFAULT_CORPUS} (CPython {sys.version.split()[0]})"
+    else:
+        files = resolve_files(str(path))
+        key = {"files": [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files]}
+        name = str(path)
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    target = Path(cache_dir or default_cache_dir()) / digest
+    if not (target / "starts.npy").exists():
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _build_cache(_python_docs() if files is None else iter(files), target)
+        except PermissionError as e:
+            raise DataError(f"cannot write the data cache at {target.parent} ({e.strerror}); set data.cache_dir") from e
+    starts = np.load(target / "starts.npy")
+    if starts[-1] == 0:
+        raise DataError(f"data.path={path!r} holds no bytes (all files are empty); add data")
+    data = np.memmap(target / "bytes.bin", dtype=np.uint8, mode="r", shape=(int(starts[-1]),))
+    return ByteCorpus(data, starts, name)
+
+
+@dataclass(frozen=True)
+class Split:
+    lo: int
+    hi: int
+
+    def __len__(self) -> int:
+        return self.hi - self.lo
+
+
+def split_corpus(corpus: ByteCorpus, val_fraction: float, seq_len: int) -> tuple[Split, Split]:
+    """Deterministic split of the virtual stream: the last ``val_fraction`` is validation."""
+    n = len(corpus)
+    n_val = int(round(n * val_fraction))
+    need = seq_len + 1
+    if n_val < need or n - n_val < need:
+        raise DataError(
+            f"corpus {corpus.name!r} has {n:,} tokens; with data.val_fraction={val_fraction} "
+            f"each split needs at least seq_len+1={need}: add data, lower model.seq_len "
+            "or change data.val_fraction"
+        )
+    return Split(0, n - n_val), Split(n - n_val, n)
+
+
+class WindowSampler:
+    """Random ``seq_len + 1`` windows for training, identical on every rank.
+
+    Each optimizer step draws ``accumulation_steps × world_size × batch_size``
+    window starts from one shared generator; rank ``r`` on micro-step ``j`` reads
+    its own slice. So ranks read different data, and the union of a step's windows
+    does not depend on how it is divided among ranks and micro-steps: 2 ranks × 4
+    windows see exactly what 1 rank × 8 windows sees. The generator state is the
+    data position, saved in checkpoints for exact resume.
+    """
+
+    def __init__(self, corpus: ByteCorpus, split: Split, seq_len: int, seed: int) -> None:
+        self.corpus, self.split, self.seq_len = corpus, split, seq_len
+        self.rng = np.random.Generator(np.random.PCG64(seed))
+
+    def step_batches(self, batch_size: int, accumulation_steps: int, rank: int, world_size: int) -> list[np.ndarray]:
+        """Window starts for one optimizer step: ``accumulation_steps`` arrays of ``batch_size``."""
+        high = len(self.split) - self.seq_len - 1
+        starts = self.split.lo + self.rng.integers(0, high + 1, size=(accumulation_steps, world_size, batch_size))
+        return [starts[j, rank] for j in range(accumulation_steps)]
+
+    def read(self, starts: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        pos = starts[:, None] + np.arange(self.seq_len + 1)
+        tok = torch.from_numpy(self.corpus.tokens(pos))
+        return tok[:, :-1], tok[:, 1:]
+
+    def state_dict(self) -> dict:
+        return {"bit_generator": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.bit_generator.state = state["bit_generator"]
+
+
+def eval_windows(split: Split, seq_len: int, max_windows: int) -> np.ndarray:
+    """Fixed, evenly spaced validation windows, so every evaluation sees the same bytes."""
+    count = max(1, min(max_windows, (len(split) - 1) // seq_len))
+    return split.lo + np.linspace(0, len(split) - seq_len - 1, count).astype(np.int64)

@@ -1,0 +1,39 @@
+"""Models: pure torch + einops, no training or I/O dependencies."""
+
+from .adaptive import AdaptiveLinear, CausalConditioner
+from .channel_mixing import ChannelMixing
+from .gpt import GPT, GPTConfig
+from .lfbyte import SEPARATOR, VOCAB_SIZE, DecodeState, LFByteConfig, LFByteTransformer, ModelOutput
+from .moe import MixtureOfExperts, RouterStats
+from .positional import PositionalEncoding
+from .token_mixing import TokenMixing, decay_mix
+
+__all__ = [
+    "GPT",
+    "SEPARATOR",
+    "VOCAB_SIZE",
+    "AdaptiveLinear",
+    "CausalConditioner",
+    "ChannelMixing",
+    "DecodeState",
+    "GPTConfig",
+    "LFByteConfig",
+    "LFByteTransformer",
+    "MixtureOfExperts",
+    "ModelOutput",
+    "PositionalEncoding",
+    "RouterStats",
+    "TokenMixing",
+    "decay_mix",
+]
+
+ARCHITECTURES = {"lfbyte": LFByteTransformer, "gpt": GPT}
+
+
+def build_model(cfg: dict) -> LFByteTransformer | GPT:
+    """Build from a ``model=`` config: ``arch`` picks the class, the other keys are its options."""
+    cfg = dict(cfg)
+    arch = cfg.pop("arch", "lfbyte")
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"model.arch={arch!r} is not one of {sorted(ARCHITECTURES)}")
+    return ARCHITECTURES[arch](**cfg)

@@ -1,0 +1,219 @@
+"""LFByteTransformer: a byte-level language model of adaptive token- and channel-mixing blocks.
+
+Block (pre-norm residual)::
+
+    c   = CausalConditioner(norm1(x))             # causal context, bytes <= t
+    x   = x + TokenMixing(norm1(x), c)            # mixes positions (causal)
+    x   = x + ChannelMixing|MoE(norm2(x))         # mixes features (per position)
+
+Every part is causal, so the model can be decoded one byte at a time from a small
+per-layer state (conditioner window + token-mixing state), giving exactly the
+logits of the full forward pass.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .adaptive import AdaptiveLinear, CausalConditioner
+from .channel_mixing import ChannelMixing
+from .moe import MixtureOfExperts, RouterStats
+from .positional import PositionalEncoding
+from .token_mixing import TokenMixing
+
+BYTE_VOCAB = 256
+SEPARATOR = 256  # document separator token, after the 256 byte values
+VOCAB_SIZE = 257
+
+
+@dataclass
+class LFByteConfig:
+    seq_len: int = 256
+    embed_dim: int = 256
+    num_layers: int = 4
+    num_heads: int = 4
+    adapt_dim: int = 64
+    adapt_rank: int = 16
+    conv_size: int = 4
+    num_experts: int = 4
+    top_k: int = 2
+    mlp_ratio: float = 8 / 3  # dense hidden = mlp_ratio·dim; each expert gets hidden/top_k
+    moe_balance_weight: float = 0.01
+    moe_z_weight: float = 0.001
+    chunk_size: int = 64
+    dropout: float = 0.0
+    pos_encoding: str = "sinusoidal"
+    tie_embeddings: bool = True
+    vocab_size: int = VOCAB_SIZE
+
+    @property
+    def hidden(self) -> int:
+        return int(64 * math.ceil(self.mlp_ratio * self.embed_dim / 64))
+
+
+@dataclass
+class ModelOutput:
+    logits: Tensor
+    loss: Tensor | None = None  # next-byte cross-entropy, nats per byte
+    aux_loss: Tensor | None = None  # weighted MoE balance + z losses (add to loss when training)
+    router_stats: list[RouterStats] = field(default_factory=list)
+    state: object | None = None  # decoding state after these bytes, when asked for
+
+
+@dataclass
+class DecodeState:
+    """Per-layer caches for incremental decoding, plus how many bytes were consumed."""
+
+    conv: list[Tensor | None]
+    mix: list[Tensor | None]
+    pos: int = 0
+
+
+class LFBlock(nn.Module):
+    def __init__(self, cfg: LFByteConfig) -> None:
+        super().__init__()
+        d = cfg.embed_dim
+        self.norm1 = nn.LayerNorm(d, bias=False)
+        self.norm2 = nn.LayerNorm(d, bias=False)
+        self.conditioner = CausalConditioner(d, cfg.adapt_dim, cfg.conv_size)
+        self.mixer = TokenMixing(
+            d, cfg.num_heads, cfg.adapt_dim, cfg.adapt_rank, cfg.seq_len, cfg.chunk_size
+        )
+        if cfg.num_experts > 1:
+            hidden = max(64, cfg.hidden // cfg.top_k)
+            self.ffn: nn.Module = MixtureOfExperts(
+                d, hidden, cfg.num_experts, cfg.top_k, cfg.moe_balance_weight, cfg.moe_z_weight
+            )
+        else:
+            self.ffn = ChannelMixing(d, cfg.hidden)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(
+        self, x: Tensor, conv: Tensor | None, mix: Tensor | None
+    ) -> tuple[Tensor, Tensor | None, RouterStats | None, Tensor, Tensor]:
+        h = self.norm1(x)
+        c, conv = self.conditioner(h, conv)
+        mixed, mix = self.mixer(h, c, mix)
+        x = x + self.drop(mixed)
+        h = self.norm2(x)
+        if isinstance(self.ffn, MixtureOfExperts):
+            y, aux, stats = self.ffn(h)
+        else:
+            y, aux, stats = self.ffn(h), None, None
+        return x + self.drop(y), aux, stats, conv, mix
+
+
+class LFByteTransformer(nn.Module):
+    """Byte-level LM: ``LFByteTransformer(embed_dim=256, num_layers=4, ...)`` or ``(LFByteConfig(...))``."""
+
+    def __init__(self, config: LFByteConfig | None = None, **overrides: object) -> None:
+        super().__init__()
+        known = {f.name for f in fields(LFByteConfig)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ValueError(f"unknown LFByteTransformer option(s) {unknown}; known: {sorted(known)}")
+        cfg = LFByteConfig(**{**(asdict(config) if config else {}), **overrides})
+        self.config = cfg
+        d = cfg.embed_dim
+        self.embed = nn.Embedding(cfg.vocab_size, d)
+        self.pos = PositionalEncoding(d, cfg.seq_len, cfg.pos_encoding)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(LFBlock(cfg) for _ in range(cfg.num_layers))
+        self.norm = nn.LayerNorm(d, bias=False)
+        self.head = nn.Linear(d, cfg.vocab_size, bias=False)
+        self._init_weights()
+        if cfg.tie_embeddings:
+            self.head.weight = self.embed.weight
+
+    def _init_weights(self) -> None:
+        """std 0.02 everywhere; projections into the residual stream scaled by 1/sqrt(2L) (GPT-2)."""
+        residual_std = 0.02 / math.sqrt(2 * self.config.num_layers)
+        for name, module in self.named_modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)) and not name.endswith(".gate"):
+                nn.init.normal_(module.weight, std=0.02)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+        for block in self.blocks:
+            nn.init.normal_(block.mixer.out_proj.weight, std=residual_std)
+            ffn = block.ffn
+            nn.init.normal_(ffn.w_out if isinstance(ffn, MixtureOfExperts) else ffn.w_out.weight, std=residual_std)
+
+    def num_parameters(self, exclude_embeddings: bool = False) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        if exclude_embeddings and not self.config.tie_embeddings:
+            n -= self.embed.weight.numel()
+        return n
+
+    def init_state(self) -> DecodeState:
+        n = self.config.num_layers
+        return DecodeState(conv=[None] * n, mix=[None] * n, pos=0)
+
+    def forward(
+        self,
+        idx: Tensor,
+        targets: Tensor | None = None,
+        state: DecodeState | None = None,
+        use_cache: bool = False,
+    ) -> ModelOutput:
+        """idx: (b, t) token ids in [0, vocab_size). With ``state`` (or ``use_cache``) the
+        bytes continue that state and the new state is returned in ``.state``."""
+        offset = state.pos if state is not None else 0
+        if state is None and use_cache:
+            state = self.init_state()
+        x = self.drop(self.pos(self.embed(idx), offset))
+        aux_total: Tensor | None = None
+        stats: list[RouterStats] = []
+        new_conv, new_mix = [], []
+        for i, block in enumerate(self.blocks):
+            conv = state.conv[i] if state is not None else None
+            mix = state.mix[i] if state is not None else None
+            x, aux, st, conv, mix = block(x, conv, mix)
+            new_conv.append(conv)
+            new_mix.append(mix)
+            if aux is not None:
+                aux_total = aux if aux_total is None else aux_total + aux
+                stats.append(st)
+        logits = self.head(self.norm(x))
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-1)
+        new_state = None
+        if state is not None:
+            new_state = DecodeState(new_conv, new_mix, offset + idx.shape[1])
+        return ModelOutput(logits, loss, aux_total, stats, new_state)
+
+    def flops_per_token(self, seq_len: int | None = None) -> float:
+        """Forward matmul FLOPs per position, counted from the layers as built.
+
+        Training costs ≈ 3× this (forward + backward). Masked work inside a chunk is
+        counted in full because it is computed in full.
+        """
+        cfg = self.config
+        d, a, r, H, C = cfg.embed_dim, cfg.adapt_dim, cfg.adapt_rank, cfg.num_heads, cfg.chunk_size
+        dh = d // H
+        proj_out = 4 * d + H
+        per_layer = 2 * d * a + 2 * a * cfg.conv_size  # conditioner
+        per_layer += 2 * d * (proj_out + r) + 2 * a * r + 2 * r * proj_out  # adaptive in_proj
+        per_layer += 4 * C * d + 4 * d * dh  # intra-chunk mixing + chunk states / inter-chunk read
+        per_layer += 2 * d * d  # out_proj
+        ffn = self.blocks[0].ffn
+        if isinstance(ffn, MixtureOfExperts):
+            per_layer += 2 * d * ffn.num_experts + ffn.top_k * 6 * d * ffn.hidden
+        else:
+            per_layer += 6 * d * ffn.hidden
+        return float(cfg.num_layers * per_layer + 2 * d * cfg.vocab_size)
+
+
+__all__ = [
+    "AdaptiveLinear",
+    "DecodeState",
+    "LFByteConfig",
+    "LFByteTransformer",
+    "ModelOutput",
+    "SEPARATOR",
+    "VOCAB_SIZE",
+]

@@ -1,0 +1,116 @@
+"""Causal token mixing across sequence positions: chunked, data-gated decaying linear attention."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import einsum, rearrange
+from torch import Tensor, nn
+
+from .adaptive import AdaptiveLinear
+
+
+def decay_mix(
+    q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, chunk_size: int, state: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Causal mixing ``o_t = sum_{s<=t} (prod_{s<r<=t} γ_r) (q_t·k_s) v_s`` per head.
+
+    Equivalently the recurrence ``S_t = γ_t S_{t-1} + k_t v_tᵀ``, ``o_t = q_t S_t``.
+    Computed chunk-wise so the cost per position is constant in the sequence length:
+    inside each chunk of ``C`` positions a masked (lower-triangular) decay matrix
+    mixes positions exactly; across chunks each chunk is summarised by a
+    ``d×d`` state and the states are combined by one masked decay matrix over
+    chunks (no Python loop over time).
+
+    q, k: (b, h, t, dk); v: (b, h, t, dv); log_decay: (b, h, t), ``log γ <= 0``;
+    state: (b, h, dk, dv) carried in from earlier positions, or None.
+    Returns o: (b, h, t, dv) and the state after the last position.
+    """
+    b, h, t, dk = q.shape
+    if t == 1:  # one new byte (decoding): the recurrence itself is cheapest
+        prev = state.float() if state is not None else q.new_zeros(b, h, dk, v.shape[-1]).float()
+        step = einsum(k[:, :, 0].float(), v[:, :, 0].float(), "b h d, b h e -> b h d e")
+        new_state = log_decay[:, :, 0].float().exp()[..., None, None] * prev + step
+        out = einsum(q[:, :, 0].float(), new_state, "b h d, b h d e -> b h e")
+        return out[:, :, None].to(v.dtype), new_state
+    pad = (-t) % chunk_size
+    if pad:  # zero keys and zero log-decay leave the carried state untouched
+        q, k, v = (F.pad(x, (0, 0, 0, pad)) for x in (q, k, v))
+        log_decay = F.pad(log_decay, (0, pad))
+    q, k, v = (rearrange(x, "b h (n c) d -> b h n c d", c=chunk_size) for x in (q, k, v))
+    cum = rearrange(log_decay.float(), "b h (n c) -> b h n c", c=chunk_size).cumsum(-1)
+
+    # Within chunks: exact masked mixing with decay exp(L_i - L_j) for j <= i.
+    causal = torch.ones(chunk_size, chunk_size, dtype=torch.bool, device=q.device).tril()
+    diff = (cum[..., :, None] - cum[..., None, :]).masked_fill(~causal, -math.inf)
+    scores = einsum(q, k, "b h n i d, b h n j d -> b h n i j") * diff.exp()
+    out = einsum(scores.to(v.dtype), v, "b h n i j, b h n j e -> b h n i e")
+
+    # Each chunk's contribution to the state at its own end.
+    last = cum[..., -1]  # total log-decay across each chunk
+    k_to_end = k * (last[..., None] - cum).exp()[..., None].to(k.dtype)
+    chunk_states = einsum(k_to_end, v, "b h n c d, b h n c e -> b h n d e").float()
+
+    # State entering chunk n: sum_{m<n} exp(G_{n-1} - G_m) S_m (+ decayed carried state).
+    total = last.cumsum(-1)  # G_n
+    before = total - last  # G_{n-1}
+    n = total.shape[-1]
+    earlier = torch.ones(n, n, dtype=torch.bool, device=q.device).tril(-1)
+    weights = (before[..., :, None] - total[..., None, :]).masked_fill(~earlier, -math.inf).exp()
+    states_in = einsum(weights, chunk_states, "b h n m, b h m d e -> b h n d e")
+    if state is not None:
+        states_in = states_in + before.exp()[..., None, None] * state[:, :, None].float()
+    q_from_start = q * cum.exp()[..., None].to(q.dtype)
+    out = out + einsum(q_from_start, states_in.to(q.dtype), "b h n c d, b h n d e -> b h n c e")
+
+    new_state = states_in[:, :, -1] * last[:, :, -1, None, None].exp() + chunk_states[:, :, -1]
+    out = rearrange(out, "b h n c e -> b h (n c) e")[:, :, :t]
+    return out, new_state
+
+
+class TokenMixing(nn.Module):
+    """Multi-head causal token mixer gated by AdaptiveLinear projections.
+
+    One AdaptiveLinear produces per-head queries, keys, values, an output gate and a
+    data-dependent decay ``γ_t = exp(-softplus(a_t + β_h))`` whose per-head bias
+    ``β_h`` spreads the initial half-lives from 1 to ~``seq_len`` bytes (short
+    heads see characters, long heads see sentences). Each head mixes positions with
+    :func:`decay_mix`; its output is RMS-normalised, gated by ``SiLU(gate)`` and
+    projected back to the residual stream.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        adapt_dim: int,
+        adapt_rank: int,
+        seq_len: int,
+        chunk_size: int = 64,
+    ) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"embed_dim={dim} must be divisible by num_heads={num_heads}")
+        self.dim, self.num_heads, self.head_dim = dim, num_heads, dim // num_heads
+        self.chunk_size = chunk_size
+        self.in_proj = AdaptiveLinear(dim, 4 * dim + num_heads, adapt_dim, adapt_rank, bias=False)
+        half_lives = torch.logspace(0, math.log2(max(seq_len, 2)), num_heads, base=2.0)
+        rate = math.log(2) / half_lives  # -log γ at init
+        self.decay_bias = nn.Parameter(torch.log(torch.expm1(rate)))  # softplus⁻¹
+        self.head_norm = nn.RMSNorm(self.head_dim, eps=1e-5)
+        self.out_proj = nn.Linear(dim, dim, bias=False)
+
+    def forward(self, x: Tensor, c: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """x: (b, t, dim), c: (b, t, adapt_dim) -> (b, t, dim) and the new mixing state."""
+        proj = self.in_proj(x, c)
+        q, k, v, gate, a = proj.split([self.dim] * 4 + [self.num_heads], dim=-1)
+        q, k, v = (rearrange(z, "b t (h d) -> b h t d", h=self.num_heads) for z in (q, k, v))
+        k = k * self.head_dim**-0.5
+        log_decay = -F.softplus(a.float() + self.decay_bias)
+        log_decay = rearrange(log_decay, "b t h -> b h t")
+        out, state = decay_mix(q, k, v, log_decay, self.chunk_size, state)
+        out = self.head_norm(out.to(x.dtype) if out.dtype != x.dtype else out)
+        out = rearrange(out, "b h t d -> b t (h d)") * F.silu(gate)
+        return self.out_proj(out), state

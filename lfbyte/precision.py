@@ -1,0 +1,44 @@
+"""Mixed precision: pick a dtype that the hardware runs fast, and the autocast context for it."""
+
+from __future__ import annotations
+
+import contextlib
+from functools import lru_cache
+
+import torch
+
+from .errors import ConfigError
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@lru_cache(maxsize=1)
+def cpu_has_fast_bf16() -> bool:
+    """AMX or AVX512-BF16 units make bf16 matmuls several times faster than fp32."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return any(flag in flags for flag in ("amx_bf16", "avx512_bf16"))
+
+
+def resolve_precision(requested: str, device: torch.device) -> str:
+    if requested not in PRECISIONS:
+        raise ConfigError(f"trainer.precision={requested!r} is not one of {list(PRECISIONS)}")
+    if requested != "auto":
+        if device.type == "cuda" and requested == "bf16" and not torch.cuda.is_bf16_supported():
+            raise ConfigError("trainer.precision=bf16 is not supported on this GPU; use fp16 or fp32")
+        if device.type == "cpu" and requested == "fp16":
+            pass  # supported by CPU autocast, slow: the user asked for it explicitly
+        return requested
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_has_fast_bf16() else "fp32"
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=DTYPES[precision])

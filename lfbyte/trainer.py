@@ -1,0 +1,404 @@
+"""The training loop: one process's view of a (possibly distributed) run.
+
+Composes model, data, optimizer, precision, DDP, checkpoints and logger from a
+plain resolved config dict. Follows nanoGPT's loop (accumulate with ``no_sync``
+until the last micro-step, loss / micro-steps, clip after unscale, warmup +
+cosine) and adds exact resume, atomic checkpoints and clean pre-emption.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import signal
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from .checkpoint import load_checkpoint, load_latest, save_checkpoint
+from .data import WindowSampler, eval_windows, load_corpus, split_corpus
+from .distributed import DistInfo, all_reduce, gather_objects, init_process_group, pick_backend
+from .errors import CheckpointError, ConfigError, LFByteError
+from .logger import Logger
+from .model import build_model
+from .precision import autocast, resolve_precision
+
+LN2 = math.log(2.0)
+
+
+def pick_device(requested: str, info: DistInfo) -> torch.device:
+    if requested == "auto":
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("trainer.device=cuda but no GPU is visible; use trainer.device=cpu")
+        return torch.device("cuda", info.local_rank % torch.cuda.device_count())
+    return torch.device(requested)
+
+
+def make_optimizer(model: torch.nn.Module, opt: dict, device: torch.device) -> torch.optim.AdamW:
+    """AdamW; weight decay on matrices (dim >= 2) only, never on biases, norms or decay rates."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [
+        {"params": decay, "weight_decay": opt["weight_decay"]},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    extra = {"fused": True} if device.type == "cuda" else {}
+    return torch.optim.AdamW(groups, lr=opt["lr"], betas=tuple(opt["betas"]), eps=opt["eps"], **extra)
+
+
+def lr_at(progress: float, step: int, opt: dict) -> float:
+    """Linear warmup over ``warmup_steps`` then the schedule over training ``progress`` in [0, 1]."""
+    lr, warmup = opt["lr"], opt["warmup_steps"]
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    floor = lr * opt["min_lr_ratio"]
+    p = min(max(progress, 0.0), 1.0)
+    if opt["schedule"] == "constant":
+        return lr
+    if opt["schedule"] == "linear":
+        return floor + (lr - floor) * (1 - p)
+    return floor + 0.5 * (lr - floor) * (1 + math.cos(math.pi * p))
+
+
+def rng_state() -> dict:
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state()[1].tolist(),
+        "python": list(random.getstate()[1]),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(("MT19937", np.asarray(state["numpy"], dtype=np.uint32), 624, 0, 0.0))
+    random.setstate((3, tuple(state["python"]), None))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+class Trainer:
+    def __init__(self, cfg: dict, run_dir: Path, info: DistInfo = DistInfo()) -> None:
+        self.cfg, self.run_dir, self.info = cfg, Path(run_dir), info
+        tc, dc = cfg["trainer"], cfg["data"]
+        self.tc, self.opt_cfg = tc, cfg["optimizer"]
+        self.device = pick_device(tc["device"], info)
+        if tc.get("num_threads"):
+            torch.set_num_threads(int(tc["num_threads"]))
+        if info.enabled and not torch.distributed.is_initialized():
+            init_process_group(info, pick_backend(cfg["distributed"]["backend"], self.device), self.device)
+        self.precision = resolve_precision(tc["precision"], self.device)
+
+        seed = int(cfg["seed"])
+        torch.manual_seed(seed + info.rank)  # dropout differs per rank; weights are synced by DDP
+        random.seed(seed + info.rank)
+        np.random.seed((seed + info.rank) % 2**32)
+
+        self.corpus = load_corpus(dc.get("path"), dc.get("cache_dir"))
+        self.seq_len = int(cfg["model"]["seq_len"])
+        self.train_split, self.val_split = split_corpus(self.corpus, dc["val_fraction"], self.seq_len)
+        self.sampler = WindowSampler(self.corpus, self.train_split, self.seq_len, seed)
+
+        torch.manual_seed(seed)  # identical initial weights on every rank
+        self.model = build_model(cfg["model"]).to(self.device)
+        torch.manual_seed(seed + info.rank)
+        self.optimizer = make_optimizer(self.model, self.opt_cfg, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+
+        self.batch_size, self.accum = int(tc["batch_size"]), int(tc["accumulation_steps"])
+        self.bytes_per_step = self.batch_size * self.accum * info.world_size * self.seq_len
+        self.steps_per_epoch = max(1, math.ceil(len(self.train_split) / self.bytes_per_step))
+        limits = []
+        if tc.get("epochs"):
+            limits.append(int(tc["epochs"]) * self.steps_per_epoch)
+        if tc.get("max_steps"):
+            limits.append(int(tc["max_steps"]))
+        self.total_steps = min(limits) if limits else None
+        self.max_time = float(tc["max_time"]) if tc.get("max_time") else None
+        if self.total_steps is None and self.max_time is None:
+            raise ConfigError("set at least one of trainer.epochs, trainer.max_steps, trainer.max_time")
+
+        save_path = tc.get("save_path")
+        self.ckpt_dir = Path(save_path) if save_path else self.run_dir / "checkpoints"
+        self.step, self.elapsed_before, self.bytes_seen = 0, 0.0, 0
+        self.best_val: float | None = None
+        self.last_eval: dict[str, float] = {}
+        self.resumed_from: str | None = None
+        self._maybe_resume(tc.get("resume"))
+
+        self.train_model: torch.nn.Module = self.model
+        if tc.get("compile"):
+            self.train_model = torch.compile(self.model)
+        if info.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_model = DDP(self.train_model, device_ids=ids)
+        self.logger = Logger(self.run_dir, cfg.get("logger", {}), cfg, enabled=info.is_main)
+        self._stop_signal: int | None = None
+
+    # ---------------------------------------------------------------- resume
+    def _maybe_resume(self, resume: str | None) -> None:
+        if not resume:
+            return
+        if resume == "auto":
+            found = load_latest(self.ckpt_dir, map_location=self.device)
+            if found is None:
+                return  # nothing to resume: a fresh start
+            path, ckpt = found
+        else:
+            path, ckpt = Path(resume), load_checkpoint(resume, map_location=self.device)
+        if "trainer_state" not in ckpt:
+            raise CheckpointError(f"{path} holds weights only (no trainer_state); it cannot be resumed from")
+        try:
+            self.model.load_state_dict(ckpt["model_state_dict"])
+        except RuntimeError as e:
+            raise CheckpointError(
+                f"{path} does not match model config: {str(e).splitlines()[0][:200]}; "
+                "resume with the model= settings it was trained with"
+            ) from e
+        self.optimizer.load_state_dict(ckpt["optimizer_state_dict"])
+        self.scaler.load_state_dict(ckpt["scaler_state_dict"])
+        st = ckpt["trainer_state"]
+        self.step, self.elapsed_before, self.bytes_seen = st["step"], st["elapsed_s"], st["bytes_seen"]
+        self.best_val = st.get("best_val")
+        self.sampler.load_state_dict(st["sampler"])
+        rngs = st["rng"]
+        if len(rngs) == self.info.world_size:
+            set_rng_state(rngs[self.info.rank])
+        self.resumed_from = str(path)
+        if self.info.is_main:
+            print(f"resumed from {path} at step {self.step}", flush=True)
+
+    def _save(self, epoch_end: int | None = None) -> None:
+        rngs = gather_objects(rng_state(), self.info)  # every rank's dropout RNG, for exact resume
+        if not self.info.is_main:
+            return
+        payload = {
+            "model_state_dict": self.model.state_dict(),
+            "optimizer_state_dict": self.optimizer.state_dict(),
+            "scaler_state_dict": self.scaler.state_dict(),
+            "trainer_state": {
+                "step": self.step,
+                "epoch": self.step / self.steps_per_epoch,
+                "elapsed_s": self.elapsed(),
+                "bytes_seen": self.bytes_seen,
+                "best_val": self.best_val,
+                "sampler": self.sampler.state_dict(),
+                "rng": rngs,
+                "world_size": self.info.world_size,
+            },
+            "metrics": self.last_eval,
+            "config": self.cfg,
+        }
+        save_checkpoint(payload, self.ckpt_dir, self.step, int(self.tc["keep_last"]), epoch_end)
+
+    # ------------------------------------------------------------------ loop
+    def elapsed(self) -> float:
+        return self.elapsed_before + (time.perf_counter() - self._t0)
+
+    def progress(self) -> float:
+        p = 0.0
+        if self.total_steps:
+            p = self.step / self.total_steps
+        if self.max_time:
+            p = max(p, self.elapsed() / self.max_time)
+        return p
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        self._stop_signal = signum
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        self.model.eval()
+        max_windows = int(self.tc["eval_batches"]) * self.batch_size * self.info.world_size
+        starts = eval_windows(self.val_split, self.seq_len, max_windows)
+        mine = starts[self.info.rank :: self.info.world_size]
+        total = torch.zeros(2, dtype=torch.float64, device=self.device)
+        for i in range(0, len(mine), self.batch_size):
+            x, y = self.sampler.read(mine[i : i + self.batch_size])
+            with autocast(self.device, self.precision):
+                out = self.model(x.to(self.device), y.to(self.device))
+            total[0] += out.loss.double() * y.numel()
+            total[1] += y.numel()
+        all_reduce(total)
+        self.model.train()
+        val_loss = (total[0] / total[1]).item()
+        return {"val_loss": val_loss, "val_bpb": val_loss / LN2}
+
+    def _train_step(self, lr: float) -> tuple[float, float, list]:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        batches = self.sampler.step_batches(self.batch_size, self.accum, self.info.rank, self.info.world_size)
+        loss_sum = torch.zeros((), device=self.device)
+        stats: list = []
+        for j, starts in enumerate(batches):
+            x, y = self.sampler.read(starts)
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            last = j == len(batches) - 1
+            sync = nullcontext() if (last or not self.info.enabled) else self.train_model.no_sync()
+            with sync:
+                with autocast(self.device, self.precision):
+                    out = self.train_model(x, y)
+                    loss = out.loss + (out.aux_loss if out.aux_loss is not None else 0.0)
+                self.scaler.scale(loss / self.accum).backward()
+            loss_sum += out.loss.detach()
+            stats = out.router_stats
+        self.scaler.unscale_(self.optimizer)
+        max_norm = self.tc["max_grad_norm"]
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm if max_norm else float("inf"))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return (loss_sum / self.accum).item(), float(grad_norm), stats
+
+    def _should_stop(self) -> tuple[bool, str]:
+        """One collective per step so every rank stops at the same step, for the same reason."""
+        flags = torch.tensor(
+            [
+                float(self._stop_signal is not None),
+                float(self.max_time is not None and self.elapsed() >= self.max_time),
+                float(self.tc.get("stop_at_step") is not None and self.step >= int(self.tc["stop_at_step"])),
+            ],
+            device=self.device,
+        )
+        all_reduce(flags, torch.distributed.ReduceOp.MAX)
+        if flags[0]:
+            return True, "interrupted"
+        if flags[2]:
+            return True, "stopped"
+        if self.total_steps is not None and self.step >= self.total_steps:
+            return True, "completed"
+        if flags[1]:
+            return True, "completed"
+        return False, ""
+
+    def fit(self) -> dict[str, Any]:
+        tc, info = self.tc, self.info
+        self._t0 = time.perf_counter()
+        handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        bar = None
+        if info.is_main and tc.get("progress", True):
+            from tqdm import tqdm
+
+            bar = tqdm(total=self.total_steps, initial=self.step, desc="train", dynamic_ncols=True,
+                       mininterval=1.0, file=sys.stderr)
+        if info.is_main:
+            n = self.model.num_parameters()
+            print(f"model {self.cfg['model'].get('arch', 'lfbyte')}: {n:,} parameters | data {self.corpus.name}: "
+                  f"{len(self.train_split):,} train / {len(self.val_split):,} val bytes | "
+                  f"precision {self.precision} | device {self.device} x{info.world_size} | run {self.run_dir}",
+                  flush=True)
+        eval_interval, log_interval = int(tc["eval_interval"]), int(tc["log_interval"])
+        ckpt_interval = tc.get("checkpoint_interval")
+        window_t, window_bytes = time.perf_counter(), 0
+        status = "completed"
+        try:
+            while True:
+                stop, status = self._should_stop()
+                if stop:
+                    break
+                lr = lr_at(self.progress(), self.step, self.opt_cfg)
+                loss, grad_norm, stats = self._train_step(lr)
+                self.step += 1
+                self.bytes_seen += self.bytes_per_step
+                window_bytes += self.bytes_per_step
+                if not math.isfinite(loss):
+                    raise LFByteError(f"loss became {loss} at step {self.step}; lower optimizer.lr or use "
+                                      "trainer.precision=fp32/bf16 (the last good checkpoint is kept)")
+                if self.step % log_interval == 0 or self.step == 1:
+                    now = time.perf_counter()
+                    bps = window_bytes / max(now - window_t, 1e-9)
+                    window_t, window_bytes = now, 0
+                    row = {"train_loss": loss, "lr": lr, "grad_norm": grad_norm, "bytes_per_s": bps,
+                           "epoch": self.step / self.steps_per_epoch, "elapsed_s": self.elapsed()}
+                    row["model_tflops"] = 3 * self.model.flops_per_token(self.seq_len) * bps / 1e12
+                    for i, st in enumerate(stats):
+                        row[f"moe/layer{i}/router_entropy"] = st.router_entropy
+                        row[f"moe/layer{i}/balance_loss"] = st.balance_loss
+                        load = st.expert_load.float() / st.expert_load.sum().clamp_min(1)
+                        for e, frac in enumerate(load.tolist()):
+                            row[f"moe/layer{i}/expert{e}_load"] = frac
+                    self.logger.log(row, self.step)
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{loss:.3f}", bpb=f"{loss / LN2:.3f}", bytes_s=f"{bps:,.0f}")
+                if bar is not None:
+                    bar.update(1)
+                epoch_end = self.step % self.steps_per_epoch == 0
+                if self.step % eval_interval == 0 or epoch_end:
+                    self._eval_and_log(bar)
+                if epoch_end:
+                    self._save(epoch_end=self.step // self.steps_per_epoch)
+                elif ckpt_interval and self.step % int(ckpt_interval) == 0:
+                    self._save()
+        finally:
+            for s, h in handlers.items():
+                signal.signal(s, h)
+            if bar is not None:
+                bar.close()
+        if self.step == 0 or self.step % eval_interval or not self.last_eval:
+            self._eval_and_log(None)
+        self._save()
+        result = self._write_metrics(status)
+        self.logger.finish()
+        if status == "interrupted" and info.is_main:
+            print(f"interrupted: checkpoint saved at step {self.step} in {self.ckpt_dir}; "
+                  "rerun with trainer.resume=auto to continue", flush=True)
+        return result
+
+    def _eval_and_log(self, bar: Any) -> None:
+        metrics = self.evaluate()
+        self.last_eval = metrics
+        if self.best_val is None or metrics["val_loss"] < self.best_val:
+            self.best_val = metrics["val_loss"]
+        self.logger.log({**metrics, "elapsed_s": self.elapsed()}, self.step)
+        msg = f"step {self.step}: val_loss {metrics['val_loss']:.4f} | val_bpb {metrics['val_bpb']:.4f}"
+        if self.info.is_main:
+            (bar.write if bar is not None else print)(msg)
+
+    def _write_metrics(self, status: str) -> dict[str, Any]:
+        elapsed = self.elapsed()
+        result = {
+            "status": status,
+            **self.last_eval,
+            "best_val_loss": self.best_val,
+            "step": self.step,
+            "epoch": self.step / self.steps_per_epoch,
+            "elapsed_s": elapsed,
+            "bytes_seen": self.bytes_seen,
+            "bytes_per_s": self.bytes_seen / max(elapsed, 1e-9),
+            "parameters": self.model.num_parameters(),
+            "precision": self.precision,
+            "world_size": self.info.world_size,
+            "resumed_from": self.resumed_from,
+        }
+        if self.info.is_main:
+            tmp = self.run_dir / ".metrics.json.tmp"
+            tmp.write_text(json.dumps(result, indent=2) + "\n")
+            os.replace(tmp, self.run_dir / "metrics.json")
+        return result
+
+    def close(self) -> None:
+        self.logger.finish(exit_code=1)
+        if self.info.enabled and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def train_worker(info: DistInfo, cfg: dict, run_dir: str) -> dict[str, Any]:
+    """Entry for one process (spawned DDP worker, torchrun rank, or the job itself)."""
+    trainer = Trainer(cfg, Path(run_dir), info)
+    try:
+        return trainer.fit()
+    finally:
+        trainer.close()

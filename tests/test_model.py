@@ -1,0 +1,172 @@
+"""Behaviour of the model and its parts: causality, incremental decoding, MoE dispatch, cost."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from lfbyte import GPT, LFByteTransformer
+from lfbyte.model import AdaptiveLinear, MixtureOfExperts, TokenMixing, decay_mix
+
+TINY = dict(seq_len=96, embed_dim=64, num_layers=2, num_heads=4, adapt_dim=16, adapt_rank=8, chunk_size=16)
+
+
+def _models() -> list[nn.Module]:
+    torch.manual_seed(0)
+    return [
+        LFByteTransformer(**TINY, num_experts=4, top_k=2),
+        LFByteTransformer(**TINY, num_experts=1),
+        GPT(seq_len=96, embed_dim=64, num_layers=2, num_heads=4),
+    ]
+
+
+def _perturb_adaptive(model: nn.Module) -> None:
+    """AdaptiveLinear's up-projection starts at zero; give it values so the adaptive path is live."""
+    for mod in model.modules():
+        if isinstance(mod, AdaptiveLinear):
+            nn.init.normal_(mod.up, std=0.05)
+
+
+@pytest.mark.parametrize("model", _models(), ids=["lfbyte-moe", "lfbyte-dense", "gpt"])
+def test_causal_future_bytes_do_not_change_past_logits(model: nn.Module) -> None:
+    _perturb_adaptive(model)
+    model.eval()
+    x = torch.randint(0, 256, (3, 80))
+    y = x.clone()
+    y[:, 50:] = torch.randint(0, 256, (3, 30))
+    a, b = model(x).logits, model(y).logits
+    torch.testing.assert_close(a[:, :50], b[:, :50], atol=1e-5, rtol=1e-5)
+    assert (a[:, 50:] - b[:, 50:]).abs().max() > 1e-3  # and the future does matter where it should
+
+
+@pytest.mark.parametrize("model", _models(), ids=["lfbyte-moe", "lfbyte-dense", "gpt"])
+def test_incremental_decoding_equals_full_forward(model: nn.Module) -> None:
+    _perturb_adaptive(model)
+    model.eval()
+    x = torch.randint(0, 256, (2, 70))
+    full = model(x).logits
+    state, steps = model.init_state(), []
+    for t in range(x.shape[1]):
+        out = model(x[:, t : t + 1], state=state)
+        state = out.state
+        steps.append(out.logits)
+    torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-4, rtol=1e-4)
+    # a prefill of any length followed by more bytes also continues exactly
+    first = model(x[:, :37], use_cache=True)
+    rest = model(x[:, 37:], state=first.state)
+    torch.testing.assert_close(torch.cat([first.logits, rest.logits], 1), full, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("length", [1, 15, 16, 17, 96])
+def test_any_length_up_to_seq_len_and_batch(length: int) -> None:
+    torch.manual_seed(0)
+    model = LFByteTransformer(**TINY, num_experts=2, top_k=1)
+    x = torch.randint(0, 256, (5, length))
+    out = model(x, targets=x)
+    assert out.logits.shape == (5, length, 257)
+    assert torch.isfinite(out.loss)
+    # each batch row is independent of the others (no cross-sample leakage)
+    single = model(x[2:3]).logits
+    torch.testing.assert_close(out.logits[2:3], single, atol=1e-5, rtol=1e-5)
+
+
+def test_longer_than_seq_len_is_a_clear_error() -> None:
+    model = LFByteTransformer(**TINY)
+    with pytest.raises(ValueError, match="exceed seq_len=96"):
+        model(torch.zeros(1, 97, dtype=torch.long))
+
+
+def test_decay_mix_matches_naive_recurrence() -> None:
+    torch.manual_seed(0)
+    b, h, t, d = 2, 3, 41, 8
+    q, k, v = torch.randn(b, h, t, d), torch.randn(b, h, t, d), torch.randn(b, h, t, d)
+    log_decay = -torch.rand(b, h, t)
+    s0 = torch.randn(b, h, d, d)
+    out, s_end = decay_mix(q, k, v, log_decay, chunk_size=8, state=s0)
+    s, ref = s0.clone(), []
+    for i in range(t):
+        s = log_decay[:, :, i, None, None].exp() * s + k[:, :, i, :, None] * v[:, :, i, None, :]
+        ref.append(torch.einsum("bhd,bhde->bhe", q[:, :, i], s))
+    torch.testing.assert_close(out, torch.stack(ref, 2), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(s_end, s, atol=1e-4, rtol=1e-4)
+
+
+def test_token_mixing_mixes_positions_not_only_features() -> None:
+    torch.manual_seed(0)
+    mixer = TokenMixing(dim=32, num_heads=2, adapt_dim=8, adapt_rank=4, seq_len=64, chunk_size=16)
+    x, c = torch.randn(1, 20, 32), torch.randn(1, 20, 8)
+    base, _ = mixer(x, c)
+    x2 = x.clone()
+    x2[:, 3] += 1.0  # change one early position only
+    moved, _ = mixer(x2, c)
+    assert (moved[:, 10] - base[:, 10]).abs().max() > 1e-4  # a later position sees it
+    torch.testing.assert_close(moved[:, :3], base[:, :3])  # earlier ones do not
+
+
+def test_moe_equals_dense_reference_with_same_routing() -> None:
+    torch.manual_seed(0)
+    moe = MixtureOfExperts(dim=16, hidden=24, num_experts=4, top_k=2)
+    x = torch.randn(3, 7, 16)
+    out, aux, stats = moe(x)
+    flat = x.reshape(-1, 16)
+    _, _, gates, experts = moe.route(flat)
+    every = torch.stack([moe.expert(e, flat) for e in range(4)], 1)  # every expert on every token
+    picked = every.gather(1, experts[..., None].expand(-1, -1, 16))
+    ref = (picked * gates[..., None]).sum(1).reshape(3, 7, 16)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    assert int(stats.expert_load.sum()) == 21 * 2  # no dropped tokens
+    assert torch.isfinite(aux)
+
+
+def test_gradients_reach_router_and_every_part() -> None:
+    torch.manual_seed(0)
+    model = LFByteTransformer(**TINY, num_experts=4, top_k=2)
+    _perturb_adaptive(model)
+    x = torch.randint(0, 256, (4, 64))
+    out = model(x, targets=x)
+    (out.loss + out.aux_loss).backward()
+    router = model.blocks[0].ffn.router.weight
+    assert router.grad is not None and router.grad.abs().sum() > 0
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not missing, missing
+
+
+def test_adaptive_linear_depends_on_context_and_stays_cheap() -> None:
+    torch.manual_seed(0)
+    layer = AdaptiveLinear(512, 512, adapt_dim=512, rank=32)
+    linear = nn.Linear(512, 512)
+    n_adapt = sum(p.numel() for p in layer.parameters())
+    n_plain = sum(p.numel() for p in linear.parameters())
+    assert n_adapt <= 2 * n_plain
+    nn.init.normal_(layer.up, std=0.1)
+    x = torch.randn(2, 5, 512)
+    c1, c2 = torch.randn(2, 5, 512), torch.randn(2, 5, 512)
+    assert (layer(x, c1) - layer(x, c2)).abs().max() > 1e-3
+    # the effective weight W + U diag(g(c)) V, materialised, gives the same output
+    c = c1[0, 0]
+    w_eff = layer.weight + layer.up @ torch.diag(layer.gate(c)) @ layer.down
+    torch.testing.assert_close(layer(x[0, 0], c), x[0, 0] @ w_eff.T + layer.bias, atol=1e-4, rtol=1e-4)
+
+
+def test_adaptive_linear_flops_within_2x_of_linear() -> None:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    layer, linear = AdaptiveLinear(512, 512, adapt_dim=512, rank=32), nn.Linear(512, 512)
+    x, c = torch.randn(4, 512), torch.randn(4, 512)
+    with FlopCounterMode(display=False) as fa:
+        layer(x, c)
+    with FlopCounterMode(display=False) as fl:
+        linear(x)
+    assert fa.get_total_flops() <= 2 * fl.get_total_flops()
+
+
+def test_parameter_count_and_flops_reported() -> None:
+    model = LFByteTransformer(**TINY)
+    assert model.num_parameters() == sum(p.numel() for p in model.parameters())
+    assert model.flops_per_token() > 2 * model.num_parameters() * 0.3
+
+
+def test_unknown_option_is_rejected() -> None:
+    with pytest.raises(ValueError, match="unknown LFByteTransformer option"):
+        LFByteTransformer(embed_dims=64)
