@@ -52,7 +52,7 @@ def validate(cfg: dict[str, Any]) -> None:
     _check(p, isinstance(m.get("dropout", 0.0), (int, float)) and 0 <= m.get("dropout", 0.0) < 1,
            f"model.dropout={m.get('dropout')!r} must be in [0, 1)")
 
-    for key in ("batch_size", "accumulation_steps", "eval_interval", "eval_batches", "log_interval", "keep_last"):
+    for key in ("batch_size", "accumulation_steps", "eval_interval", "eval_windows", "log_interval", "keep_last"):
         _check(p, _is_int(t.get(key)), f"trainer.{key}={t.get(key)!r} must be an integer >= 1")
     for key in ("epochs", "max_steps", "checkpoint_interval"):
         _check(p, t.get(key) is None or _is_int(t.get(key)), f"trainer.{key}={t.get(key)!r} must be null or an integer >= 1")

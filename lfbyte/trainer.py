@@ -222,8 +222,7 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         self.model.eval()
-        max_windows = int(self.tc["eval_batches"]) * self.batch_size * self.info.world_size
-        starts = eval_windows(self.val_split, self.seq_len, max_windows)
+        starts = eval_windows(self.val_split, self.seq_len, int(self.tc["eval_windows"]))
         mine = starts[self.info.rank :: self.info.world_size]
         total = torch.zeros(2, dtype=torch.float64, device=self.device)
         for i in range(0, len(mine), self.batch_size):

@@ -1,0 +1,35 @@
+# make train   — set up .venv (first time) and train model=small on the embedded default corpus
+# make test    — set up .venv (first time), lint, and run the whole test suite (fast, then slow)
+# TORCH=...    — the torch requirement; the default pin takes the CPU wheel on CPU-only dev boxes.
+#                On a GPU machine: make setup TORCH=torch   (pulls the CUDA build)
+PYTHON ?= python3
+VENV   ?= .venv
+TORCH  ?= torch==2.13.0
+PY      = $(VENV)/bin/python
+
+.PHONY: setup train test test-fast lint bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+train: setup
+	$(PY) -m lfbyte.train model=small data=text
+
+lint: setup
+	$(PY) -m ruff check lfbyte tests
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+test: lint
+	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m slow
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

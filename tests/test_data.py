@@ -1,0 +1,121 @@
+"""Byte corpora: documents and separators, splits, window sampling, bad paths."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lfbyte.data import WindowSampler, eval_windows, load_corpus, split_corpus
+from lfbyte.errors import DataError
+from lfbyte.model import SEPARATOR
+
+
+def test_documents_are_stored_as_uint8_with_separators_between(tmp_path: Path, cache_dir: Path) -> None:
+    d = tmp_path / "docs"
+    (d / "sub").mkdir(parents=True)
+    (d / "a.txt").write_bytes(b"hello")
+    (d / "sub" / "b.bin").write_bytes(bytes([0, 255, 10]))
+    (d / "empty.txt").write_bytes(b"")
+    (d / ".hidden").write_bytes(b"secret")
+    corpus = load_corpus(str(d), str(tmp_path / "cache"))
+    assert corpus.data.dtype == np.uint8 and isinstance(corpus.data, np.memmap)
+    stream = corpus.tokens(np.arange(len(corpus))).tolist()
+    assert stream == [SEPARATOR, *b"hello", SEPARATOR, 0, 255, 10]  # sorted files; empty and hidden skipped
+
+
+def test_cache_is_reused_and_rebuilt_when_files_change(tmp_path: Path) -> None:
+    f = tmp_path / "a.txt"
+    f.write_bytes(b"abc" * 100)
+    cache = tmp_path / "cache"
+    load_corpus(str(f), str(cache))
+    assert len(list(cache.iterdir())) == 1
+    load_corpus(str(f), str(cache))
+    assert len(list(cache.iterdir())) == 1
+    f.write_bytes(b"xyz" * 200)
+    os.utime(f, ns=(1, 1))
+    corpus = load_corpus(str(f), str(cache))
+    assert len(list(cache.iterdir())) == 2 and bytes(corpus.data[:3]) == b"xyz"
+
+
+def test_glob_selects_files(tmp_path: Path) -> None:
+    for name in ("a.txt", "b.txt", "c.md"):
+        (tmp_path / name).write_text(name * 10)
+    corpus = load_corpus(str(tmp_path / "*.txt"), str(tmp_path / "cache"))
+    assert corpus.num_docs == 2
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ("/nonexistent/corpus.txt", "does not exist"),
+        ("/nonexistent/*.txt", "matches no files"),
+    ],
+)
+def test_bad_paths_say_what_is_wrong(path: str, message: str, tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=message):
+        load_corpus(path, str(tmp_path))
+
+
+def test_empty_data_is_rejected(tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    with pytest.raises(DataError, match="directory with no files"):
+        load_corpus(str(tmp_path / "d"), str(tmp_path / "cache"))
+    (tmp_path / "e.txt").write_bytes(b"")
+    with pytest.raises(DataError, match="holds no bytes"):
+        load_corpus(str(tmp_path / "e.txt"), str(tmp_path / "cache"))
+
+
+def test_corpus_smaller_than_a_window_is_rejected(tmp_path: Path) -> None:
+    (tmp_path / "s.txt").write_bytes(b"short")
+    corpus = load_corpus(str(tmp_path / "s.txt"), str(tmp_path / "cache"))
+    with pytest.raises(DataError, match="needs at least seq_len"):
+        split_corpus(corpus, 0.1, seq_len=64)
+
+
+def test_default_corpus_is_english_documentation(cache_dir: Path) -> None:
+    corpus = load_corpus(None)
+    assert len(corpus) > 1_000_000
+    text = bytes(corpus.data[:200_000]).decode("utf-8")
+    assert " the " in text and "statement" in text
+
+
+def test_sampler_partitions_a_step_across_ranks_and_micro_steps(text_file: Path) -> None:
+    corpus = load_corpus(str(text_file))
+    train, _ = split_corpus(corpus, 0.1, 32)
+
+    def starts(batch: int, accum: int, world: int) -> list[int]:
+        out = []
+        for rank in range(world):
+            s = WindowSampler(corpus, train, 32, seed=7)
+            out += [int(v) for b in s.step_batches(batch, accum, rank, world) for v in b]
+        return sorted(out)
+
+    assert starts(8, 1, 1) == starts(4, 1, 2) == starts(2, 2, 2) == starts(4, 2, 1)
+
+
+def test_sampler_state_resumes_the_data_position(text_file: Path) -> None:
+    corpus = load_corpus(str(text_file))
+    train, _ = split_corpus(corpus, 0.1, 32)
+    a = WindowSampler(corpus, train, 32, seed=1)
+    a.step_batches(4, 1, 0, 1)
+    state = a.state_dict()
+    expected = a.step_batches(4, 1, 0, 1)[0]
+    b = WindowSampler(corpus, train, 32, seed=99)
+    b.load_state_dict(state)
+    np.testing.assert_array_equal(b.step_batches(4, 1, 0, 1)[0], expected)
+
+
+def test_windows_stay_inside_their_split(text_file: Path) -> None:
+    corpus = load_corpus(str(text_file))
+    train, val = split_corpus(corpus, 0.1, 32)
+    assert train.hi == val.lo and val.hi == len(corpus)
+    s = WindowSampler(corpus, train, 32, seed=0)
+    for b in s.step_batches(64, 4, 0, 1):
+        assert b.min() >= train.lo and b.max() + 33 <= train.hi
+        x, y = s.read(b)
+        assert x.shape == (64, 32) and (x[:, 1:] == y[:, :-1]).all()
+    ev = eval_windows(val, 32, 10)
+    assert ev.min() >= val.lo and ev.max() + 33 <= val.hi and len(set(ev.tolist())) == len(ev)
