@@ -30,6 +30,7 @@ class DistInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    ddp: bool = False  # a process group exists (also with one process: the NCCL/gloo code path runs)
 
     @property
     def is_main(self) -> bool:
@@ -37,7 +38,7 @@ class DistInfo:
 
     @property
     def enabled(self) -> bool:
-        return self.world_size > 1
+        return self.ddp or self.world_size > 1
 
 
 def under_torchrun() -> bool:
@@ -45,7 +46,7 @@ def under_torchrun() -> bool:
 
 
 def torchrun_info() -> DistInfo:
-    return DistInfo(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"]))
+    return DistInfo(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"]), ddp=True)
 
 
 def pick_backend(requested: str, device: torch.device) -> str:
@@ -74,7 +75,7 @@ def _entry(local_rank: int, fn: Callable, nproc: int, env: dict, errors: Any, ar
     os.environ.update(env)
     os.environ.update({"RANK": str(local_rank), "LOCAL_RANK": str(local_rank), "WORLD_SIZE": str(nproc)})
     try:
-        fn(DistInfo(local_rank, nproc, local_rank), *args)
+        fn(DistInfo(local_rank, nproc, local_rank, ddp=True), *args)
     except LFByteError as e:
         errors.put(f"{type(e).__name__}:{e}")
         raise SystemExit(2) from None

@@ -49,7 +49,7 @@ def train(cfg: DictConfig | dict, run_dir: str | Path) -> dict[str, Any]:
     dist_cfg = plain["distributed"]
     if under_torchrun():
         return train_worker(info, plain, str(run_dir))
-    if dist_cfg["strategy"] == "ddp" and dist_cfg["nproc_per_node"] > 1:
+    if dist_cfg["strategy"] == "ddp":
         spawn(train_worker, dist_cfg["nproc_per_node"], (plain, str(run_dir)),
               dist_cfg.get("master_addr", "127.0.0.1"), dist_cfg.get("master_port"))
         return json.loads((run_dir / "metrics.json").read_text())
