@@ -365,6 +365,19 @@ class Trainer:
         msg = f"step {self.step}: val_loss {metrics['val_loss']:.4f} | val_bpb {metrics['val_bpb']:.4f}"
         if self.info.is_main:
             (bar.write if bar is not None else print)(msg)
+            if self.tc.get("sample_length"):
+                self.logger.log_text("samples", self._sample(), self.step)
+
+    def _sample(self) -> str:
+        """A short generated text to watch quality by eye (rank 0, seeded by the step)."""
+        from .generate import generate_text
+
+        self.model.eval()
+        try:
+            return generate_text(self.model, self.tc.get("sample_prompt") or "", int(self.tc["sample_length"]),
+                                 temperature=0.8, seed=self.step)
+        finally:
+            self.model.train()
 
     def _write_metrics(self, status: str) -> dict[str, Any]:
         elapsed = self.elapsed()

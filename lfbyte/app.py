@@ -1,0 +1,212 @@
+"""Gradio app: sample from a trained run in the browser, text streaming in as bytes arrive.
+
+    python -m lfbyte.app run_dir=outputs/runs/<ts> [server_port=7860] [share=true]
+
+Without ``run_dir`` it serves the newest run under ``runs_root`` (``outputs/``) and says so.
+The Run menu switches between the runs found there; a run that fails to load shows why in
+the panel and the previous one stays in use. Requests are queued; prompt and output lengths
+are capped (``conf/app.yaml``); a bad request gets a message, never a server crash.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import traceback
+from collections import OrderedDict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import LFByteError
+from .generate import CONF_DIR, Run, describe_run, find_runs, latest_run, load_run, stream_text
+
+
+class RunCache:
+    """Loaded runs by directory, the ``size`` most recently used kept in memory; thread-safe."""
+
+    def __init__(self, checkpoint: str, device: str | None, size: int = 2) -> None:
+        self.checkpoint, self.device, self.size = checkpoint, device, max(1, size)
+        self._runs: OrderedDict[str, Run] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, run_dir: str) -> Run:
+        with self._lock:
+            if run_dir in self._runs:
+                self._runs.move_to_end(run_dir)
+                return self._runs[run_dir]
+            run = load_run(run_dir, self.checkpoint, self.device)
+            self._runs[run_dir] = run
+            while len(self._runs) > self.size:
+                self._runs.popitem(last=False)
+            return run
+
+
+def run_panel(run: Run, note: str = "") -> str:
+    """Markdown: where the model came from, its size, training step and validation bits/byte."""
+    bpb = run.metrics.get("val_bpb")
+    bpb_text = f"{bpb:.3f}" if isinstance(bpb, (int, float)) else "n/a"
+    model_cfg = yaml.safe_dump(run.config["model"], sort_keys=False).strip()
+    lines = [
+        f"**Run** `{run.run_dir}`{note}",
+        "",
+        f"**Checkpoint** `{run.checkpoint.name}` · **step** {run.step if run.step is not None else 'n/a'} · "
+        f"**validation bits/byte** {bpb_text} · **parameters** {run.model.num_parameters():,} · "
+        f"**device** {run.device}",
+        "",
+        f"```yaml\n{model_cfg}\n```",
+    ]
+    return "\n".join(lines)
+
+
+def _user_error(message: str) -> Exception:
+    import gradio as gr
+
+    return gr.Error(message, print_exception=False)
+
+
+def build_app(cfg: dict[str, Any], cache: RunCache, run_dir: str, note: str = "") -> Any:
+    """The Blocks app, first serving ``run_dir`` from ``cache``. ``cfg``: conf/app.yaml as a dict."""
+    import gradio as gr
+
+    first = cache.get(run_dir)
+    max_prompt, max_len_cap = int(cfg["max_prompt_bytes"]), int(cfg["max_length_cap"])
+
+    def run_choices(current: str) -> list[str]:
+        found = [str(p) for p in find_runs(cfg.get("runs_root") or "outputs")]
+        return found if current in found else [current, *found]
+
+    def select_run(choice: str | None, current: str) -> tuple[str, str, str]:
+        """Switch this session to ``choice``; on failure say why and keep ``current``."""
+        if not choice or choice == current:
+            return current, run_panel(cache.get(current)), current
+        try:
+            run = cache.get(choice)
+        except LFByteError as e:
+            warning = f"**Could not load** `{choice}`: {e}\n\nStill serving `{current}`.\n\n---\n\n"
+            return current, warning + run_panel(cache.get(current)), current
+        return choice, run_panel(run), choice
+
+    def refresh(current: str) -> Any:
+        return gr.update(choices=run_choices(current), value=current)
+
+    def generate(
+        prompt: str | None,
+        max_length: float | None,
+        temperature: float | None,
+        top_k: float | None,
+        top_p: float | None,
+        seed: float | None,
+        current: str,
+    ) -> Iterator[str]:
+        prompt = prompt or ""
+        n_bytes = len(prompt.encode("utf-8", errors="surrogatepass"))
+        if n_bytes > max_prompt:
+            raise _user_error(f"The prompt is {n_bytes} bytes; this app accepts at most {max_prompt} "
+                              "(app config max_prompt_bytes).")
+        length = int(max_length if max_length is not None else cfg["default_max_length"])
+        if not 1 <= length <= max_len_cap:
+            raise _user_error(f"Max Length must be between 1 and {max_len_cap} (app config max_length_cap).")
+        try:
+            run = cache.get(current)
+            text = ""
+            for piece in stream_text(
+                run.model,
+                prompt,
+                length,
+                float(cfg["default_temperature"] if temperature is None else temperature),
+                int(top_k) if top_k else None,  # 0 = off
+                float(top_p) if top_p and top_p < 1 else None,  # 1 = off
+                int(seed) if seed is not None and seed >= 0 else None,
+            ):
+                text += piece
+                yield text
+        except LFByteError as e:
+            raise _user_error(str(e)) from None
+        except Exception as e:  # keep serving; the operator gets the traceback in the server log
+            traceback.print_exc()
+            raise _user_error(f"Generation failed ({type(e).__name__}: {e}); see the server log.") from None
+
+    with gr.Blocks(title="lfbyte", analytics_enabled=False) as demo:
+        current = gr.State(run_dir)
+        gr.Markdown("# lfbyte — sample from a byte-level model")
+        with gr.Row():
+            with gr.Column(scale=3):
+                prompt = gr.Textbox(label="Prompt", lines=4, placeholder="Once upon a time", elem_id="prompt")
+                with gr.Row():
+                    max_length = gr.Slider(1, max_len_cap, value=min(int(cfg["default_max_length"]), max_len_cap),
+                                           step=1, label="Max Length", info="bytes to generate")
+                    temperature = gr.Slider(0.0, 2.0, value=float(cfg["default_temperature"]), step=0.05,
+                                            label="Temperature", info="0 = greedy")
+                with gr.Accordion("Sampling", open=False):
+                    with gr.Row():
+                        top_k = gr.Slider(0, 256, value=0, step=1, label="Top-k", info="0 = off")
+                        top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Top-p", info="1 = off")
+                        seed = gr.Number(-1, label="Seed", info="-1 = random", precision=0)
+                submit = gr.Button("Submit", variant="primary", elem_id="submit")
+                output = gr.Textbox(label="Generated text", lines=12, interactive=False, elem_id="output")
+            with gr.Column(scale=2):
+                with gr.Row():
+                    run_menu = gr.Dropdown(run_choices(run_dir), value=run_dir, label="Run", scale=5)
+                    rescan = gr.Button("↻", scale=1, min_width=40)
+                panel = gr.Markdown(run_panel(first, note), label="Run details", elem_id="run-panel")
+
+        inputs = [prompt, max_length, temperature, top_k, top_p, seed, current]
+        submit.click(generate, inputs, output, api_name="generate")
+        run_menu.change(select_run, [run_menu, current], [run_menu, panel, current], api_name="select_run")
+        rescan.click(refresh, current, run_menu, api_visibility="private")
+    demo.queue(default_concurrency_limit=int(cfg["concurrency_limit"]), max_size=int(cfg["max_queue"]))
+    return demo
+
+
+def serve(cfg: dict[str, Any]) -> None:
+    if cfg.get("num_threads"):
+        import torch
+
+        torch.set_num_threads(int(cfg["num_threads"]))
+    run_dir, note = cfg.get("run_dir"), ""
+    if not run_dir:
+        run_dir = latest_run(cfg.get("runs_root") or "outputs")
+        note = f" (newest run under `{cfg.get('runs_root') or 'outputs'}/`; choose another with run_dir=)"
+        print(f"run_dir not given; serving the newest run: {run_dir}", flush=True)
+    run_dir = str(Path(run_dir))
+    cache = RunCache(cfg.get("checkpoint") or "last", cfg.get("device"), int(cfg.get("cache_size", 2)))
+    print(f"serving {describe_run(cache.get(run_dir))}", flush=True)  # a bad run fails here, before the server
+    demo = build_app(cfg, cache, run_dir, note)
+    demo.launch(
+        server_name=cfg["server_name"],
+        server_port=cfg.get("server_port"),
+        share=bool(cfg.get("share")),
+        ssr_mode=False,
+        show_error=True,
+        footer_links=["api"],
+    )
+
+
+def _hydra_entry(cfg: Any) -> None:
+    from .config import to_plain
+
+    try:
+        serve(to_plain(cfg))
+    except LFByteError as e:
+        for line in str(e).splitlines():
+            print(f"error: {line}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    except OSError as e:  # e.g. the port is taken
+        print(f"error: cannot start the server: {e}; choose another server_port=", file=sys.stderr, flush=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+def main() -> None:
+    """``python -m lfbyte.app [key=value ...]``; see conf/app.yaml."""
+    import hydra
+
+    hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="app")(_hydra_entry)()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,500 @@
+"""Load a trained run and sample bytes from it, one cached step per byte.
+
+Python::
+
+    from lfbyte import generate_text, load_run
+    run = load_run("outputs/runs/2026-11-27_21-05-09")       # newest checkpoint, cpu or cuda
+    print(generate_text(run.model, "Once upon a time", max_length=200, temperature=0.8))
+
+Command line (Hydra overrides, like ``lfbyte.train``)::
+
+    python -m lfbyte.generate run_dir=outputs/runs/<ts> prompt="Once upon a time" max_length=200 temperature=0.8
+
+Decoding feeds each new byte through the model's per-layer decode state (conditioner
+window, token-mixing state or KV cache, position) instead of re-running the context.
+Model positions must stay below ``seq_len``, so a :class:`Decoder` slides its window:
+see :class:`Decoder` for the exact policy.
+"""
+
+from __future__ import annotations
+
+import codecs
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import Tensor, nn
+
+from .checkpoint import checkpoint_candidates, load_checkpoint
+from .errors import CheckpointError, ConfigError, LFByteError
+from .model import build_model
+from .model.lfbyte import BYTE_VOCAB, SEPARATOR
+
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+class GenerationError(LFByteError, ValueError):
+    """Bad generation arguments or a model that cannot be sampled from."""
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+@dataclass
+class Run:
+    """A model rebuilt from a run directory, with what it was built from."""
+
+    model: nn.Module
+    config: dict[str, Any]  # the run's resolved config (``config["model"]`` built the model)
+    run_dir: Path
+    checkpoint: Path
+    step: int | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)  # the eval stored with the checkpoint (val_bpb, ...)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+def _pick_device(device: str | torch.device | None) -> torch.device:
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={device} but no GPU is visible; use device=cpu")
+    return device
+
+
+def _read_config(run_dir: Path) -> dict[str, Any] | None:
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return None
+    try:
+        cfg = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"{path} is not readable YAML ({str(e).splitlines()[0]}); restore it from the run") from e
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), dict):
+        raise ConfigError(f"{path} has no model: section; is it an lfbyte run config?")
+    return cfg
+
+
+def _checkpoint_dir(run_dir: Path, cfg: dict[str, Any] | None) -> Path:
+    save_path = ((cfg or {}).get("trainer") or {}).get("save_path")
+    if save_path and Path(save_path).is_dir():
+        return Path(save_path)
+    return run_dir / "checkpoints"
+
+
+def _resolve_checkpoint(run_dir: Path, ckpt_dir: Path, name: str | int | Path) -> Path:
+    """``last`` (newest), a file name in ``checkpoints/`` with or without ``.pth``, a step number, or a path."""
+    name = str(name)
+    if name in ("", "last"):
+        found = checkpoint_candidates(ckpt_dir)
+        if not found:
+            raise CheckpointError(
+                f"no checkpoint in {ckpt_dir}; train the run first (python -m lfbyte.train ...) "
+                "or pass checkpoint=<path to a .pth file>"
+            )
+        return found[0]
+    p = Path(name).expanduser()
+    candidates = [p, run_dir / p, ckpt_dir / p, ckpt_dir / f"{name}.pth"]
+    if name.isdigit():
+        candidates.append(ckpt_dir / f"step_{int(name):07d}.pth")
+    for cand in candidates:
+        if cand.is_file():
+            return cand
+    available = sorted(q.name for q in ckpt_dir.glob("*.pth")) if ckpt_dir.is_dir() else []
+    raise CheckpointError(
+        f"checkpoint {name!r} not found in {ckpt_dir}; available: {', '.join(available) or 'none'}"
+    )
+
+
+def _check_state_dict(model: nn.Module, state: dict[str, Tensor], ckpt: Path, cfg_source: str) -> None:
+    """Name the missing/unexpected keys and mismatched shapes in one line, before torch raises."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    problems = []
+    for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape checkpoint vs config", shapes)):
+        if items:
+            more = f" (+{len(items) - 3} more)" if len(items) > 3 else ""
+            problems.append(f"{label}: {', '.join(items[:3])}{more}")
+    if problems:
+        raise CheckpointError(
+            f"{ckpt} does not match the model in {cfg_source} ({'; '.join(problems)}); "
+            "the model config must be the one the checkpoint was trained with"
+        )
+
+
+def load_run(
+    run_dir: str | Path, checkpoint: str | int | Path = "last", device: str | torch.device | None = None
+) -> Run:
+    """Rebuild the exact model of a run directory (``outputs/runs/<ts>`` or a multirun job folder).
+
+    The model comes from ``run_dir/config.yaml`` (or the config embedded in the checkpoint) and
+    its weights from ``checkpoint``: ``last`` (newest), a name in ``checkpoints/`` such as
+    ``model_epoch_1`` or ``step_0000200``, a step number, or a path. Checkpoints are loaded with
+    ``weights_only=True``: tensors and plain data only. ``device``: ``auto`` (cuda when visible),
+    ``cpu``, ``cuda``, ``cuda:1``. Every failure is a :class:`~lfbyte.errors.LFByteError` with one line.
+    """
+    run_dir = Path(run_dir).expanduser()
+    if not run_dir.is_dir():
+        raise CheckpointError(f"run directory {run_dir} does not exist; pass run_dir=<a folder under outputs/>")
+    target = _pick_device(device)
+    cfg = _read_config(run_dir)
+    if cfg is None and not (run_dir / "checkpoints").is_dir() and (runs := find_runs(run_dir)):
+        # e.g. a multirun sweep folder, or outputs/ itself
+        raise CheckpointError(
+            f"{run_dir} is not a run directory but holds {len(runs)} run(s) below it; pass one as run_dir=, "
+            f"e.g. {runs[0]}"
+        )
+    ckpt_dir = _checkpoint_dir(run_dir, cfg)
+    path = _resolve_checkpoint(run_dir, ckpt_dir, checkpoint)
+    payload = load_checkpoint(path, map_location="cpu")
+    cfg_source = str(run_dir / "config.yaml")
+    if cfg is None:
+        cfg, cfg_source = payload.get("config"), f"the config embedded in {path.name}"
+        if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), dict):
+            raise CheckpointError(f"{run_dir} has no config.yaml and {path} embeds no config; it cannot be rebuilt")
+    try:
+        model = build_model(cfg["model"])
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"model config in {cfg_source}: {e}") from None
+    state = payload["model_state_dict"]
+    _check_state_dict(model, state, path, cfg_source)
+    model.load_state_dict(state)
+    model.to(target).eval()
+    trainer_state = payload.get("trainer_state") or {}
+    return Run(
+        model=model,
+        config=cfg,
+        run_dir=run_dir,
+        checkpoint=path,
+        step=trainer_state.get("step"),
+        metrics=dict(payload.get("metrics") or {}),
+    )
+
+
+def find_runs(root: str | Path = "outputs", max_depth: int = 8) -> list[Path]:
+    """Run directories under ``root`` that hold a checkpoint, newest checkpoint first.
+
+    Walks at most ``max_depth`` levels (multirun jobs sit 3 below ``outputs/``) and skips
+    hidden folders (``.hydra/``) and what lives inside a run (``checkpoints/``, ``wandb/``).
+    """
+    root = Path(root)
+    found: list[tuple[float, Path]] = []
+    for folder, subdirs, files in os.walk(root):
+        here = Path(folder)
+        if "config.yaml" in files and (ckpts := checkpoint_candidates(here / "checkpoints")):
+            found.append((max(p.stat().st_mtime for p in ckpts), here))
+        depth = len(here.relative_to(root).parts)
+        subdirs[:] = [] if depth >= max_depth else [
+            d for d in subdirs if not d.startswith(".") and d not in ("checkpoints", "wandb")
+        ]
+    return [p for _, p in sorted(found, key=lambda x: x[0], reverse=True)]
+
+
+def latest_run(root: str | Path = "outputs") -> Path:
+    runs = find_runs(root)
+    if not runs:
+        raise CheckpointError(
+            f"no run with a checkpoint under {root}/; train one (python -m lfbyte.train) or pass run_dir=<dir>"
+        )
+    return runs[0]
+
+
+# ----------------------------------------------------------------------------- decoding
+
+
+class Decoder:
+    """Feeds tokens to a model and returns next-token logits, keeping positions ``< seq_len``.
+
+    **Sliding-window policy.** The model always sees a *window*: a suffix of every token fed so
+    far. New tokens are appended while the window stays within ``seq_len``. When appending
+    would make it longer, the window restarts as the last ``keep`` tokens (default
+    ``seq_len // 2``, counting the new ones) and is re-prefilled in one forward pass; decoding
+    then continues incrementally from that state. Keeping half the window amortises the
+    prefill over ``seq_len - keep`` cheap steps while always leaving ``keep`` bytes of context.
+
+    With ``use_cache=True`` each step runs only the new tokens through the cached per-layer
+    state; with ``use_cache=False`` each step re-runs the whole window (the reference the
+    cache must reproduce, and the baseline of ``python -m lfbyte.bench_decode``). Both give,
+    at every step, the logits of a full forward pass over :attr:`window`.
+    """
+
+    def __init__(self, model: nn.Module, keep: int | None = None, use_cache: bool = True) -> None:
+        self.model = model
+        self.seq_len = int(model.config.seq_len)
+        self.keep = self.seq_len // 2 if keep is None else int(keep)
+        if not 1 <= self.keep <= self.seq_len:
+            raise GenerationError(f"keep={keep} must be between 1 and the model's seq_len={self.seq_len}")
+        self.use_cache = use_cache
+        self.device = next(model.parameters()).device
+        self.window: list[int] = []
+        self.state: Any = None
+        self.prefills = 0  # full-window forward passes (the first prefill and every slide)
+
+    def _forward(self, tokens: Sequence[int], state: Any) -> Any:
+        idx = torch.tensor([tokens], dtype=torch.long, device=self.device)
+        return self.model(idx, state=state, use_cache=self.use_cache)
+
+    @torch.inference_mode()
+    def feed(self, tokens: Sequence[int]) -> Tensor:
+        """Append ``tokens`` (ids in ``[0, vocab)``) and return the logits after the last one, shape (vocab,)."""
+        tokens = list(tokens)
+        if not tokens:
+            raise GenerationError("feed() needs at least one token")
+        if len(self.window) + len(tokens) > self.seq_len:  # slide: re-prefill the last `keep` tokens
+            self.window = (self.window + tokens)[-self.keep :]
+            self.prefills += 1
+            out = self._forward(self.window, None)
+        elif self.use_cache:
+            if not self.window:
+                self.prefills += 1
+            out = self._forward(tokens, self.state)
+            self.window += tokens
+        else:
+            self.window += tokens
+            self.prefills += 1
+            out = self._forward(self.window, None)
+        self.state = out.state
+        return out.logits[0, -1]
+
+
+def sample_byte(
+    logits: Tensor,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> int:
+    """Sample a byte value 0..255 from next-token logits; the separator and any other
+    non-byte tokens are never sampled. ``temperature=0`` is greedy (argmax)."""
+    logits = logits[:BYTE_VOCAB].detach().float().cpu()
+    if torch.isnan(logits).any():
+        raise GenerationError("the model produced NaN logits; the checkpoint is probably diverged (try an earlier one)")
+    if temperature == 0:
+        return int(logits.argmax())
+    logits = logits / temperature
+    if top_k is not None and top_k < BYTE_VOCAB:
+        kth = torch.topk(logits, top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, -torch.inf)
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = logits.sort(descending=True)
+        probs = sorted_logits.softmax(-1)
+        drop = probs.cumsum(-1) - probs >= top_p  # mass before this byte already reaches top_p
+        logits = logits.scatter(0, order, sorted_logits.masked_fill(drop, -torch.inf))
+    return int(torch.multinomial(logits.softmax(-1), 1, generator=generator))
+
+
+def _check_args(max_length: int, temperature: float, top_k: int | None, top_p: float | None) -> None:
+    problems = []
+    if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 0:
+        problems.append(f"max_length={max_length!r} must be an integer >= 0")
+    if not isinstance(temperature, (int, float)) or not temperature >= 0:
+        problems.append(f"temperature={temperature!r} must be a number >= 0 (0 = greedy)")
+    if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
+        problems.append(f"top_k={top_k!r} must be null or an integer >= 1")
+    if top_p is not None and (not isinstance(top_p, (int, float)) or not 0 < top_p <= 1):
+        problems.append(f"top_p={top_p!r} must be null or in (0, 1]")
+    if problems:
+        raise GenerationError("; ".join(problems))
+
+
+def _as_bytes(start_sequence: str | bytes | bytearray | None) -> bytes:
+    if start_sequence is None:
+        return b""
+    if isinstance(start_sequence, str):
+        return start_sequence.encode("utf-8", errors="surrogatepass")
+    if isinstance(start_sequence, (bytes, bytearray, memoryview)):
+        return bytes(start_sequence)
+    raise GenerationError(f"start_sequence must be str or bytes, not {type(start_sequence).__name__}")
+
+
+def _as_model(model: nn.Module | Run) -> nn.Module:
+    return model.model if isinstance(model, Run) else model
+
+
+def iter_bytes(
+    model: nn.Module | Run,
+    start_sequence: str | bytes = b"",
+    max_length: int = 100,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+    *,
+    keep: int | None = None,
+    use_cache: bool = True,
+    document_start: bool = True,
+) -> Iterator[int]:
+    """Yield ``max_length`` sampled byte values continuing ``start_sequence``.
+
+    ``document_start`` puts the separator token before the prompt, as every training
+    document begins with it; this also gives an empty prompt something to condition on.
+    ``seed`` makes sampling reproducible (same model, same device); ``None`` draws a fresh seed.
+    """
+    model = _as_model(model)
+    _check_args(max_length, temperature, top_k, top_p)
+    prompt = list(_as_bytes(start_sequence))
+    tokens = ([SEPARATOR] if document_start else []) + prompt
+    if max_length == 0:
+        return
+    if not tokens:
+        raise GenerationError("empty prompt with document_start=False: give at least one byte to continue")
+    generator = torch.Generator()
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(int(seed))
+    was_training = model.training
+    model.eval()
+    try:
+        decoder = Decoder(model, keep=keep, use_cache=use_cache)
+        logits = decoder.feed(tokens)
+        for i in range(max_length):
+            byte = sample_byte(logits, temperature, top_k, top_p, generator)
+            yield byte
+            if i + 1 < max_length:
+                logits = decoder.feed([byte])
+    finally:
+        model.train(was_training)
+
+
+def generate_bytes(model: nn.Module | Run, start_sequence: str | bytes = b"", max_length: int = 100, **kwargs: Any) -> bytes:
+    """The ``max_length`` bytes that follow ``start_sequence`` (raw: any data, not only text)."""
+    return bytes(iter_bytes(model, start_sequence, max_length, **kwargs))
+
+
+def stream_text(
+    model: nn.Module | Run,
+    start_sequence: str | bytes = "",
+    max_length: int = 100,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+    *,
+    include_prompt: bool = True,
+    **kwargs: Any,
+) -> Iterator[str]:
+    """Yield text as bytes arrive: the prompt first (when ``include_prompt``), then each piece
+    of the continuation as soon as it forms complete UTF-8 characters.
+
+    Decoding never raises: invalid bytes become U+FFFD, and a character still incomplete
+    when generation stops becomes one U+FFFD. The pieces joined equal
+    ``(prompt + continuation).decode("utf-8", errors="replace")`` (minus the prompt's text
+    when ``include_prompt=False``).
+    """
+    prompt = _as_bytes(start_sequence)
+    utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    head = utf8.decode(prompt)  # primes the decoder: the continuation may finish a split character
+    if include_prompt and head:
+        yield head
+    for byte in iter_bytes(model, prompt, max_length, temperature, top_k, top_p, seed, **kwargs):
+        if piece := utf8.decode(bytes((byte,))):
+            yield piece
+    if tail := utf8.decode(b"", final=True):
+        yield tail
+
+
+def generate_text(
+    model: nn.Module | Run,
+    start_sequence: str | bytes = "",
+    max_length: int = 100,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+    **kwargs: Any,
+) -> str:
+    """The prompt followed by ``max_length`` generated bytes, decoded as UTF-8 (never raises on
+    bad bytes). ``temperature=0`` is greedy; ``top_k``/``top_p`` truncate the distribution;
+    ``seed`` makes it reproducible. Keyword options: ``include_prompt``, ``keep`` (sliding
+    window), ``use_cache``, ``document_start``; see :func:`stream_text` and :class:`Decoder`."""
+    return "".join(stream_text(model, start_sequence, max_length, temperature, top_k, top_p, seed, **kwargs))
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def describe_run(run: Run) -> str:
+    """One line: where the model came from and how good it was."""
+    m = run.config["model"]
+    bpb = run.metrics.get("val_bpb")
+    parts = [
+        f"run {run.run_dir}",
+        f"checkpoint {run.checkpoint.name}",
+        f"step {run.step}" if run.step is not None else None,
+        f"val_bpb {bpb:.3f}" if isinstance(bpb, (int, float)) else None,
+        f"{m.get('arch', 'lfbyte')} {run.model.num_parameters() / 1e6:.2f}M params",
+        f"seq_len {m['seq_len']}",
+        f"on {run.device}",
+    ]
+    return ", ".join(p for p in parts if p)
+
+
+def _prompt_text(value: Any) -> str:
+    # Hydra parses unquoted values: prompt=42 arrives as an int, prompt= (empty) as None.
+    return "" if value is None else str(value)
+
+
+def run_cli(cfg: dict[str, Any]) -> None:
+    if cfg.get("num_threads"):
+        torch.set_num_threads(int(cfg["num_threads"]))
+    _check_args(cfg["max_length"], cfg["temperature"], cfg.get("top_k"), cfg.get("top_p"))  # before the load
+    run_dir = cfg.get("run_dir")
+    if not run_dir:
+        run_dir = latest_run(cfg.get("runs_root") or "outputs")
+        print(f"run_dir not given; using the newest run: {run_dir}", file=sys.stderr, flush=True)
+    run = load_run(run_dir, cfg.get("checkpoint") or "last", cfg.get("device"))
+    print(describe_run(run), file=sys.stderr, flush=True)
+    pieces = stream_text(
+        run.model,
+        _prompt_text(cfg.get("prompt")),
+        cfg["max_length"],
+        cfg["temperature"],
+        cfg.get("top_k"),
+        cfg.get("top_p"),
+        cfg.get("seed"),
+        keep=cfg.get("keep"),
+        include_prompt=cfg.get("include_prompt", True),
+    )
+    for piece in pieces:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+
+
+def _hydra_entry(cfg: Any) -> None:
+    from .config import to_plain
+
+    try:
+        run_cli(to_plain(cfg))
+    except LFByteError as e:
+        for line in str(e).splitlines():
+            print(f"error: {line}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+def main() -> None:
+    """``python -m lfbyte.generate [key=value ...]``; Hydra is imported only for the CLI."""
+    import hydra
+
+    hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="generate")(_hydra_entry)()
+
+
+if __name__ == "__main__":
+    main()
