@@ -16,6 +16,9 @@ STRATEGIES = ("none", "ddp")
 def to_plain(cfg: DictConfig | dict) -> dict[str, Any]:
     """Resolve interpolations (``${now:}`` and friends) here, in the parent, exactly once."""
     if isinstance(cfg, DictConfig):
+        from .logger import register_resolvers  # ${lfbyte.multirun:...} in conf/logger/wandb.yaml
+
+        register_resolvers()
         cfg = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     return dict(cfg)
 

@@ -323,6 +323,8 @@ class Trainer:
                     row = {"train_loss": loss, "lr": lr, "grad_norm": grad_norm, "bytes_per_s": bps,
                            "epoch": self.step / self.steps_per_epoch, "elapsed_s": self.elapsed()}
                     row["model_tflops"] = 3 * self.model.flops_per_token(self.seq_len) * bps / 1e12
+                    if tc.get("peak_tflops"):  # model_tflops counts every rank's bytes
+                        row["mfu"] = row["model_tflops"] / (float(tc["peak_tflops"]) * info.world_size)
                     for i, st in enumerate(stats):
                         row[f"moe/layer{i}/router_entropy"] = st.router_entropy
                         row[f"moe/layer{i}/balance_loss"] = st.balance_loss
@@ -393,6 +395,7 @@ class Trainer:
             "parameters": self.model.num_parameters(),
             "precision": self.precision,
             "world_size": self.info.world_size,
+            "threads_per_process": torch.get_num_threads(),
             "resumed_from": self.resumed_from,
         }
         if self.info.is_main:

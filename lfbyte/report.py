@@ -1,0 +1,369 @@
+"""``python -m lfbyte.report <multirun dir>``: one table and one plot for a whole sweep.
+
+Reads every job directory (found by its ``.hydra/overrides.yaml``): the overrides that made it, its
+final ``metrics.json`` and its ``metrics.jsonl`` curve. Writes ``report.md``, ``report.csv`` and
+``report.png`` (into the sweep dir, or ``--out``). A job that failed, or never wrote its final metrics,
+is a row with its status and error, never silently missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import shlex
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+LN2 = math.log(2.0)
+NO_METRICS = "no metrics.json: the job is still running or was killed before writing it (see its train.log)"
+NOT_STARTED = "no job directory: the sweep stopped before launching it"
+NOT_OK = ("failed", "incomplete", "not started")
+
+
+@dataclass
+class Job:
+    """One Hydra job directory of a sweep, as read from disk."""
+
+    path: Path | None  # None: planned by the sweep but never launched
+    num: int | None
+    overrides: dict[str, str]
+    status: str
+    metrics: dict[str, Any]
+    curve: list[dict[str, Any]] = field(default_factory=list)  # metrics.jsonl rows that hold val_bpb
+    error: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.path.name if self.path is not None else ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status not in NOT_OK
+
+    def value(self, key: str) -> float | None:
+        v = self.metrics.get(key)
+        try:
+            v = float(v)
+        except (TypeError, ValueError):
+            return None
+        return v if math.isfinite(v) else None
+
+
+# ------------------------------------------------------------------ reading
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                continue  # a torn last line of a killed job
+    return rows
+
+
+def _parse_overrides(items: list[str]) -> dict[str, str]:
+    """``model.embed_dim=128`` / ``+key=v`` / ``~key`` → {key: value}; the key keeps no ``+``/``~`` prefix."""
+    out = {}
+    for item in items:
+        key, sep, value = str(item).partition("=")
+        key = key.lstrip("+~")
+        out[key] = value if sep else "(deleted)"
+    return out
+
+
+def read_job(job_dir: Path) -> Job:
+    hydra_dir = job_dir / ".hydra"
+    overrides = _parse_overrides(yaml.safe_load((hydra_dir / "overrides.yaml").read_text()) or [])
+    num = None
+    hydra_cfg = hydra_dir / "hydra.yaml"
+    if hydra_cfg.is_file():
+        num = (yaml.safe_load(hydra_cfg.read_text()) or {}).get("hydra", {}).get("job", {}).get("num")
+    if not isinstance(num, int):
+        head = job_dir.name.split("_", 1)[0]
+        num = int(head) if head.isdigit() else None
+
+    rows = _read_jsonl(job_dir / "metrics.jsonl")
+    final = _read_json(job_dir / "metrics.json")
+    if final is None:  # show what it had reached: the last logged values
+        metrics: dict[str, Any] = {}
+        for row in rows:
+            metrics.update(row)
+        status, error = "incomplete", NO_METRICS
+    else:
+        metrics, status, error = final, str(final.get("status", "completed")), str(final.get("error") or "")
+    if "parameters" not in metrics:
+        metrics["parameters"] = _count_parameters(job_dir)
+    curve = [r for r in rows if "val_bpb" in r]
+    return Job(job_dir, num, overrides, status, metrics, curve, error)
+
+
+def _count_parameters(job_dir: Path) -> int | None:
+    """Jobs that failed before training wrote no parameter count: build the model from its config, on meta."""
+    cfg_path = job_dir / "config.yaml"
+    if not cfg_path.is_file():
+        return None
+    try:
+        import torch
+
+        from .model import build_model
+
+        with torch.device("meta"):
+            return build_model(yaml.safe_load(cfg_path.read_text())["model"]).num_parameters()
+    except Exception:  # an invalid model config is often why the job failed
+        return None
+
+
+def planned_jobs(sweep_dir: Path) -> list[list[str]] | None:
+    """The overrides of every job Hydra's basic sweeper planned (from ``multirun.yaml``), in launch order.
+
+    Expanded by Hydra's own sweep parser; ``None`` where that is unavailable (another sweeper, no file).
+    """
+    path = sweep_dir / "multirun.yaml"
+    if not path.is_file():
+        return None
+    hydra_cfg = (yaml.safe_load(path.read_text()) or {}).get("hydra", {})
+    sweeper = hydra_cfg.get("sweeper") or {}
+    if not str(sweeper.get("_target_", "")).endswith(".BasicSweeper"):
+        return None
+    args = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
+    args += [a for a in hydra_cfg.get("overrides", {}).get("task") or []]
+    try:
+        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        overrides = OverridesParser.create().parse_overrides(args)
+        return [job for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
+    except Exception:  # a Hydra version without these internals: report what is on disk
+        return None
+
+
+def find_jobs(sweep_dir: Path) -> list[Job]:
+    """Every job directory under ``sweep_dir``, plus a "not started" row per planned job that has none."""
+    dirs = sorted({p.parent.parent for p in sweep_dir.rglob(".hydra/overrides.yaml")})
+    jobs = [read_job(d) for d in dirs]
+    seen = {j.num for j in jobs}
+    for num, overrides in enumerate(planned_jobs(sweep_dir) or []):
+        if num not in seen:
+            jobs.append(Job(None, num, _parse_overrides(overrides), "not started", {}, error=NOT_STARTED))
+    return sorted(jobs, key=lambda j: (j.num is None, j.num if j.num is not None else 0, str(j.path)))
+
+
+def swept_keys(jobs: list[Job]) -> tuple[list[str], dict[str, str]]:
+    """Keys whose value differs between jobs (table columns), and the overrides every job shares."""
+    keys = sorted({k for j in jobs for k in j.overrides})
+    swept = [k for k in keys if len({j.overrides.get(k) for j in jobs}) > 1]
+    common = {k: jobs[0].overrides[k] for k in keys if k not in swept}
+    return swept, common
+
+
+def sweep_command(sweep_dir: Path) -> str | None:
+    """The launching command, rebuilt from the ``multirun.yaml`` Hydra's basic sweeper writes."""
+    path = sweep_dir / "multirun.yaml"
+    if not path.is_file():
+        return None
+    over = (yaml.safe_load(path.read_text()) or {}).get("hydra", {}).get("overrides", {})
+    args = [a for a in (*(over.get("hydra") or []), *(over.get("task") or [])) if a != "hydra.mode=MULTIRUN"]
+    return "python -m lfbyte.train -m " + " ".join(shlex.quote(str(a)) for a in args)
+
+
+# ------------------------------------------------------------------ table
+COLUMNS = [  # (header, metrics key, markdown format)
+    ("parameters", "parameters", "{:,.0f}"),
+    ("val bits/byte", "val_bpb", "{:.4f}"),
+    ("best val bits/byte", "best_val_bpb", "{:.4f}"),
+    ("steps", "step", "{:,.0f}"),
+    ("bytes/s", "bytes_per_s", "{:,.0f}"),
+    ("time (s)", "elapsed_s", "{:.1f}"),
+]
+
+
+def _with_derived(job: Job) -> dict[str, Any]:
+    m = dict(job.metrics)
+    best = job.value("best_val_loss")
+    if best is not None:
+        m["best_val_bpb"] = best / LN2
+    return m
+
+
+def table_rows(jobs: list[Job], swept: list[str]) -> list[dict[str, Any]]:
+    rows = []
+    for j in jobs:
+        m = _with_derived(j)
+        row: dict[str, Any] = {"job": j.num, "status": j.status}
+        row.update({k: j.overrides.get(k, "") for k in swept})
+        for header, key, _ in COLUMNS:
+            v = m.get(key)
+            row[header] = v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+        row["error"] = j.error
+        row["dir"] = j.name
+        rows.append(row)
+    return rows
+
+
+def _md_cell(v: Any, fmt: str | None = None) -> str:
+    if v is None or v == "":
+        return "–"
+    if fmt and isinstance(v, (int, float)):
+        return fmt.format(v) if math.isfinite(v) else str(v)
+    return str(v).replace("|", "\\|").replace("\n", " ")
+
+
+def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def write_markdown(jobs: list[Job], rows: list[dict[str, Any]], swept: list[str], common: dict[str, str],
+                   sweep_dir: Path, plot_name: str | None, path: Path) -> None:
+    ok = [j for j in jobs if j.ok and j.value("val_bpb") is not None]
+    lines = [f"# Sweep report: `{sweep_dir.name}`", ""]
+    command = sweep_command(sweep_dir)
+    if command:
+        lines += ["Command:", "", "```", command, "```", ""]
+    if common:
+        lines += ["Shared overrides: " + ", ".join(f"`{k}={v}`" for k, v in common.items()), ""]
+    failed = len(jobs) - sum(j.ok for j in jobs)
+    lines.append(f"{len(jobs)} jobs: {len(jobs) - failed} finished, {failed} failed, incomplete or not started.")
+    if ok:
+        best = min(ok, key=lambda j: j.value("val_bpb"))
+        desc = ", ".join(f"{k}={_fmt_value(best.overrides.get(k, ''))}" for k in swept) or best.name
+        lines.append(f"Best: job {best.num} ({desc}) at {best.value('val_bpb'):.4f} val bits/byte.")
+    lines.append("")
+    headers = ["job", "status", *swept, *(h for h, _, _ in COLUMNS), "error"]
+    fmts = {h: f for h, _, f in COLUMNS}
+    lines.append("| " + " | ".join(headers) + " |")
+    lines.append("|" + "|".join("---:" if h in fmts or h == "job" else "---" for h in headers) + "|")
+    for row in rows:
+        cells = [_md_cell(_fmt_value(str(row[h])) if h in swept else row[h], fmts.get(h)) for h in headers]
+        lines.append("| " + " | ".join(cells) + " |")
+    if plot_name:
+        lines += ["", f"![val bits/byte]({plot_name})"]
+    path.write_text("\n".join(lines) + "\n")
+
+
+# ------------------------------------------------------------------- plot
+def _fmt_value(v: str) -> str:
+    """Override values as written, but long floats (Optuna's) to 4 significant digits."""
+    try:
+        f = float(v)
+    except ValueError:
+        return v
+    return v if len(v) <= 8 or f.is_integer() else f"{f:.4g}"
+
+
+def _short(key: str) -> str:
+    return key.rsplit(".", 1)[-1]
+
+
+def _label(job: Job, keys: list[str]) -> str:
+    return " ".join(f"{_short(k)}={_fmt_value(job.overrides.get(k, ''))}" for k in keys) or job.name
+
+
+def write_plot(jobs: list[Job], swept: list[str], by: str | None, x_key: str, title: str, path: Path) -> None:
+    """Left: val bits/byte over training time, one line per job. Right: final val bits/byte against
+    ``x_key``, one line per value of the ``by`` override."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [j for j in jobs if j.ok]
+    fig, (ax_t, ax_p) = plt.subplots(1, 2, figsize=(13, 5))
+    for j in ok:
+        pts = [(r.get("elapsed_s"), r["val_bpb"]) for r in j.curve if isinstance(r.get("elapsed_s"), (int, float))]
+        if pts:
+            xs, ys = zip(*pts, strict=True)
+            ax_t.plot(xs, [float(y) for y in ys], marker=".", label=_label(j, swept))
+    ax_t.set(xlabel="training time (s)", ylabel="val bits/byte", title="validation during training")
+    if ok:
+        ax_t.legend(fontsize=7)
+
+    groups: dict[str, list[Job]] = {}
+    for j in ok:
+        groups.setdefault(j.overrides.get(by, "") if by else "", []).append(j)
+    for value in groups:  # in job order, so a sweep over one key colours both panels alike
+        pts = sorted((x, y) for j in groups[value]
+                     if (x := j.value(x_key)) is not None and (y := j.value("val_bpb")) is not None)
+        if pts:
+            xs, ys = zip(*pts, strict=True)
+            ax_p.plot(xs, ys, marker="o", label=f"{_short(by)}={value}" if by else "jobs")
+    if x_key == "parameters":
+        ax_p.set_xscale("log")
+    ax_p.set(xlabel=x_key.replace("_", " "), ylabel="final val bits/byte", title=f"final val bits/byte vs {x_key}")
+    if groups:
+        ax_p.legend(fontsize=8)
+    failed = len(jobs) - len(ok)
+    fig.suptitle(f"{title}: {len(ok)} jobs plotted" + (f", {failed} not completed (not plotted)" if failed else ""))
+    for ax in (ax_t, ax_p):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------ entry
+def report(sweep_dir: str | Path, out_dir: str | Path | None = None, by: str | None = None,
+           x_key: str = "parameters", plot: bool = True) -> list[dict[str, Any]]:
+    """Write report.md / report.csv / report.png for ``sweep_dir``; return the table rows."""
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise FileNotFoundError(f"{sweep_dir} is not a directory; pass a multirun dir such as outputs/multirun/<time>")
+    jobs = find_jobs(sweep_dir)
+    if not jobs:
+        raise FileNotFoundError(f"no Hydra job directories (with .hydra/overrides.yaml) under {sweep_dir}; "
+                                "pass a multirun dir such as outputs/multirun/<time>")
+    out = Path(out_dir) if out_dir else sweep_dir
+    out.mkdir(parents=True, exist_ok=True)
+    swept, common = swept_keys(jobs)
+    if by is None and swept:  # the swept key with fewest values gives the fewest, longest lines
+        by = min(swept, key=lambda k: (len({j.overrides.get(k) for j in jobs}), k))
+    if by is not None and by not in swept and by not in common:
+        raise ValueError(f"--by {by!r} is not an override of this sweep; choose from {swept or sorted(common)}")
+    rows = table_rows(jobs, swept)
+    write_csv(rows, out / "report.csv")
+    if plot:
+        write_plot(jobs, swept, by, x_key, sweep_dir.resolve().name, out / "report.png")
+    write_markdown(jobs, rows, swept, common, sweep_dir, "report.png" if plot else None, out / "report.md")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lfbyte.report", description=__doc__.splitlines()[0])
+    parser.add_argument("sweep_dir", help="a multirun directory, e.g. outputs/multirun/2026-01-01_12-00-00")
+    parser.add_argument("--out", help="where to write report.{md,csv,png} (default: the sweep dir)")
+    parser.add_argument("--by", help="override whose values get one line each in the plot (default: the swept "
+                                     "key with fewest values)")
+    parser.add_argument("--x", dest="x_key", default="parameters", choices=["parameters", "elapsed_s", "bytes_per_s"],
+                        help="x axis of the final-value plot")
+    parser.add_argument("--no-plot", action="store_true", help="write only the table")
+    args = parser.parse_args(argv)
+    try:
+        rows = report(args.sweep_dir, args.out, args.by, args.x_key, plot=not args.no_plot)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = Path(args.out or args.sweep_dir)
+    bad = sum(r["status"] in NOT_OK for r in rows)
+    print((out / "report.md").read_text(), end="")
+    print(f"\nwrote {out / 'report.md'}, {out / 'report.csv'}" + ("" if args.no_plot else f", {out / 'report.png'}")
+          + f" ({len(rows)} jobs, {bad} not completed)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
