@@ -170,3 +170,58 @@ def test_parameter_count_and_flops_reported() -> None:
 def test_unknown_option_is_rejected() -> None:
     with pytest.raises(ValueError, match="unknown LFByteTransformer option"):
         LFByteTransformer(embed_dims=64)
+
+
+def test_moe_grouped_dispatch_handles_idle_experts_and_bf16() -> None:
+    torch.manual_seed(0)
+    moe = MixtureOfExperts(dim=16, hidden=24, num_experts=4, top_k=1)
+    with torch.no_grad():
+        moe.router.weight.zero_()
+        moe.router.weight[2, 0] = 10.0  # tokens with x[:, 0] > 0 go to expert 2, the rest to expert 0 or 1
+    x = torch.randn(2, 9, 16)
+    out, _, stats = moe(x)
+    assert stats.expert_load[3] == 0 and stats.expert_load[2] > 0  # an idle expert is fine
+    flat = x.reshape(-1, 16)
+    _, _, gates, experts = moe.route(flat)
+    ref = torch.stack([gates[i, 0] * moe.expert(int(experts[i, 0]), flat[i : i + 1])[0] for i in range(18)])
+    torch.testing.assert_close(out.reshape(-1, 16), ref, atol=1e-5, rtol=1e-5)
+    out.sum().backward()
+    assert moe.w_in.grad[3].abs().sum() == 0 and moe.w_in.grad[2].abs().sum() > 0
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 expert matmuls stay close to fp32
+        low, _, _ = moe(x)
+    assert low.dtype == x.dtype  # output comes back in the residual stream's dtype
+    torch.testing.assert_close(low.float(), out.detach(), atol=2e-2, rtol=2e-2)
+
+
+def test_adaptive_linear_loads_weights_saved_as_separate_w_and_v() -> None:
+    torch.manual_seed(0)
+    layer = AdaptiveLinear(8, 6, adapt_dim=4, rank=2)
+    old = {k: v for k, v in layer.state_dict().items() if k != "weight_down"}
+    old["weight"], old["down"] = torch.randn(6, 8), torch.randn(2, 8)
+    fresh = AdaptiveLinear(8, 6, adapt_dim=4, rank=2)
+    fresh.load_state_dict(old)
+    torch.testing.assert_close(fresh.weight, old["weight"])
+    torch.testing.assert_close(fresh.down, old["down"])
+
+
+def test_positional_signal_starts_at_the_embedding_scale() -> None:
+    from lfbyte.model import PositionalEncoding
+
+    for kind in ("sinusoidal", "learned"):
+        pe = PositionalEncoding(64, 512, kind)
+        rms = float(pe.table.detach().pow(2).mean().sqrt())
+        assert 0.015 < rms < 0.025, (kind, rms)  # like the 0.02-std byte embeddings: neither drowns the other
+
+
+@pytest.mark.parametrize("dim", [16, 10], ids=["grouped-matmul", "per-expert-fallback"])
+def test_moe_fast_and_fallback_dispatch_match_the_dense_reference(dim: int) -> None:
+    torch.manual_seed(0)
+    moe = MixtureOfExperts(dim=dim, hidden=24, num_experts=3, top_k=2)
+    assert moe._grouped_mm_supported(torch.zeros(1, dim)) == (dim == 16)  # 10 fp32 values: rows not 16-byte aligned
+    x = torch.randn(4, 5, dim)
+    out, _, _ = moe(x)
+    flat = x.reshape(-1, dim)
+    _, _, gates, experts = moe.route(flat)
+    every = torch.stack([moe.expert(e, flat) for e in range(3)], 1)
+    ref = (every.gather(1, experts[..., None].expand(-1, -1, dim)) * gates[..., None]).sum(1)
+    torch.testing.assert_close(out.reshape(-1, dim), ref, atol=1e-5, rtol=1e-5)

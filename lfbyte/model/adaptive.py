@@ -35,17 +35,25 @@ class CausalConditioner(nn.Module):
         Returns ``c`` of shape (b, t, adapt_dim) and the new cache.
         """
         u = self.proj(x)
-        if cache is None:
-            cache = u.new_zeros(u.shape[0], self.kernel_size - 1, u.shape[-1])
-        u = torch.cat([cache.to(u.dtype), u], dim=1)
-        new_cache = u[:, u.shape[1] - (self.kernel_size - 1) :]
-        c = F.conv1d(
-            rearrange(u, "b t a -> b a t"),
-            self.conv_weight.to(u.dtype).unsqueeze(1),
-            self.conv_bias.to(u.dtype),
-            groups=u.shape[-1],
-        )
+        k = self.kernel_size - 1
+        if cache is None:  # training / prefill: left zero padding inside the convolution, no concatenation
+            c = F.conv1d(rearrange(u, "b t a -> b a t"), self._kernel(u.dtype), self.conv_bias.to(u.dtype),
+                         padding=k, groups=u.shape[-1])[..., : u.shape[1]]
+            new_cache = u[:, u.shape[1] - k :] if u.shape[1] >= k else F.pad(u, (0, 0, k - u.shape[1], 0))
+        elif u.shape[1] == 1:  # decoding one byte: a K-tap dot product beats a convolution call
+            window = torch.cat([cache.to(u.dtype), u], dim=1)  # (b, K, a)
+            new_cache = window[:, 1:]
+            c = torch.einsum("bka,ak->ba", window, self.conv_weight.to(u.dtype)) + self.conv_bias.to(u.dtype)
+            return F.silu(c)[:, None], new_cache
+        else:
+            u = torch.cat([cache.to(u.dtype), u], dim=1)
+            new_cache = u[:, u.shape[1] - k :]
+            c = F.conv1d(rearrange(u, "b t a -> b a t"), self._kernel(u.dtype), self.conv_bias.to(u.dtype),
+                         groups=u.shape[-1])
         return F.silu(rearrange(c, "b a t -> b t a")), new_cache
+
+    def _kernel(self, dtype: torch.dtype) -> Tensor:
+        return self.conv_weight.to(dtype).unsqueeze(1)
 
 
 class AdaptiveLinear(nn.Module):
@@ -69,22 +77,37 @@ class AdaptiveLinear(nn.Module):
     ) -> None:
         super().__init__()
         self.in_features, self.out_features, self.rank = in_features, out_features, rank
-        self.weight = nn.Parameter(torch.empty(out_features, in_features))
+        # [W; V] live in one parameter so that W x and V x are one matmul with no per-call concatenation.
+        self.weight_down = nn.Parameter(torch.empty(out_features + rank, in_features))
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
-        self.down = nn.Parameter(torch.empty(rank, in_features))  # V
         self.up = nn.Parameter(torch.zeros(out_features, rank))  # U
         self.gate = nn.Linear(adapt_dim, rank)  # g(c)
-        nn.init.normal_(self.weight, std=0.02)
-        nn.init.normal_(self.down, std=0.02)
+        nn.init.normal_(self.weight_down, std=0.02)
         nn.init.normal_(self.gate.weight, std=0.02)
         nn.init.ones_(self.gate.bias)
 
+    @property
+    def weight(self) -> Tensor:
+        """W: (out_features, in_features), a view into the fused parameter."""
+        return self.weight_down[: self.out_features]
+
+    @property
+    def down(self) -> Tensor:
+        """V: (rank, in_features), a view into the fused parameter."""
+        return self.weight_down[self.out_features :]
+
     def forward(self, x: Tensor, c: Tensor) -> Tensor:
         """x: (..., in_features), c: (..., adapt_dim) -> (..., out_features)."""
-        both = F.linear(x, torch.cat([self.weight, self.down]))
-        y, low = both.split([self.out_features, self.rank], dim=-1)
+        y, low = F.linear(x, self.weight_down).split([self.out_features, self.rank], dim=-1)
         y = y + F.linear(low * self.gate(c), self.up)
         return y if self.bias is None else y + self.bias
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: object, **kwargs: object) -> None:
+        # checkpoints written before W and V were fused hold them as two tensors
+        w, v = state_dict.pop(prefix + "weight", None), state_dict.pop(prefix + "down", None)
+        if w is not None and v is not None:
+            state_dict[prefix + "weight_down"] = torch.cat([w, v])
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, rank={self.rank}"

@@ -24,9 +24,9 @@ class MixtureOfExperts(nn.Module):
 
     Routing: ``p = softmax(W_r x)`` in fp32, keep the top-k experts and renormalise
     their probabilities into gates. Dispatch: the ``tokens × k`` assignments are
-    sorted by expert, each expert runs one matmul on exactly its tokens (a token is
-    never dropped, an expert never sees a token not routed to it), and the gated
-    outputs are scattered back with ``index_add_``.
+    sorted by expert, one grouped matmul runs each expert on exactly its tokens (a
+    token is never dropped, an expert never sees a token not routed to it), and the
+    gated outputs are added back to their tokens with ``index_add_``.
 
     Auxiliary losses (returned, weighted, for the trainer to add):
     Switch-style balance ``E · Σ_e f_e · P_e`` (``f_e`` fraction of assignments,
@@ -55,9 +55,38 @@ class MixtureOfExperts(nn.Module):
         nn.init.normal_(self.w_out, std=0.02)
 
     def expert(self, e: int, x: Tensor) -> Tensor:
-        """Run expert ``e`` on tokens x: (n, dim)."""
+        """Run expert ``e`` on tokens x: (n, dim). The reference the grouped path must equal."""
         a, b = F.linear(x, self.w_in[e]).chunk(2, dim=-1)
         return F.linear(F.silu(a) * b, self.w_out[e])
+
+    def grouped_experts(self, x: Tensor, counts: Tensor) -> Tensor:
+        """Every expert on its own rows of x: (n, dim), sorted by expert with ``counts[e]`` rows each.
+
+        One grouped matmul per projection over all experts (no Python loop, no host sync on ``counts``)
+        where the kernel supports the device, dtype and layout; one matmul per expert otherwise.
+        """
+        if not self._grouped_mm_supported(x):
+            return torch.cat([self.expert(e, xs) for e, xs in enumerate(x.split(counts.tolist()))])
+        offs = counts.cumsum(0).to(torch.int32)
+        h = F.grouped_mm(x, self.w_in.to(x.dtype).transpose(1, 2), offs=offs)
+        a, b = h.chunk(2, dim=-1)
+        return F.grouped_mm(F.silu(a) * b, self.w_out.to(x.dtype).transpose(1, 2), offs=offs)
+
+    def _grouped_mm_supported(self, x: Tensor) -> bool:
+        # F.grouped_mm (recent torch only) wants 16-byte-aligned rows; on CUDA only bf16 on sm80+
+        if not hasattr(F, "grouped_mm") or any(n * x.element_size() % 16 for n in (x.shape[-1], self.hidden)):
+            return False
+        if x.device.type == "cuda":
+            return x.dtype == torch.bfloat16 and torch.cuda.get_device_capability(x.device) >= (8, 0)
+        return x.device.type == "cpu"
+
+    @staticmethod
+    def _compute(x: Tensor) -> Tensor:
+        """x in the dtype the matmuls run in: the autocast dtype when autocast is on (grouped_mm has no
+        autocast rule of its own), so tokens are moved around at that width too."""
+        if torch.is_autocast_enabled(x.device.type):
+            return x.to(torch.get_autocast_dtype(x.device.type))
+        return x
 
     def route(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """x: (n, dim) -> router logits (n, E), probs (n, E), gates (n, k), experts (n, k)."""
@@ -73,19 +102,26 @@ class MixtureOfExperts(nn.Module):
         logits, probs, gates, experts = self.route(flat)
 
         assignment = experts.reshape(-1)  # (n*k,), token i's j-th choice at i*k + j
+        if flat.shape[0] == 1:  # decoding one byte: run its k experts directly, no sort or scatter
+            counts = (assignment[:, None] == torch.arange(self.num_experts, device=x.device)).sum(0)
+            ys = torch.stack([self.expert(e, flat) for e in assignment.tolist()], 1)  # (1, k, dim)
+            out = torch.bmm(gates.to(ys.dtype)[:, None, :], ys).squeeze(1)
+            return out.to(x.dtype).reshape(shape), *self._losses(logits, probs, counts, assignment.numel())
         order = assignment.argsort(stable=True)
         token_of = order // self.top_k
         counts = torch.bincount(assignment, minlength=self.num_experts)
-        routed = flat[token_of]
-        # Every expert runs, even on zero tokens, so all parameters join the graph (DDP).
-        outs = [self.expert(e, xs) for e, xs in enumerate(routed.split(counts.tolist()))]
-        weighted = torch.cat(outs) * gates.reshape(-1)[order, None].to(outs[0].dtype)
-        out = torch.zeros_like(flat, dtype=weighted.dtype).index_add_(0, token_of, weighted)
+        # index_select / index_add_ move rows in both directions (their backwards are each other),
+        # far cheaper on CPU than advanced indexing, whose backward is a sorting index_put_.
+        routed = self._compute(flat).index_select(0, token_of)  # assignments grouped by expert
+        ys = self.grouped_experts(routed, counts) * gates.reshape(-1)[order, None].to(routed.dtype)
+        out = torch.zeros_like(flat, dtype=ys.dtype).index_add_(0, token_of, ys)
 
-        frac = counts.float() / assignment.numel()
+        return out.to(x.dtype).reshape(shape), *self._losses(logits, probs, counts, assignment.numel())
+
+    def _losses(self, logits: Tensor, probs: Tensor, counts: Tensor, assignments: int) -> tuple[Tensor, RouterStats]:
+        frac = counts.float() / assignments
         balance = self.num_experts * (frac * probs.mean(0)).sum()
         z_loss = torch.logsumexp(logits, dim=-1).square().mean()
         aux = self.balance_weight * balance + self.z_weight * z_loss
         entropy = -(probs * probs.clamp_min(1e-9).log()).sum(-1).mean()
-        stats = RouterStats(counts.detach(), entropy.detach(), balance.detach(), z_loss.detach())
-        return out.to(x.dtype).reshape(shape), aux, stats
+        return aux, RouterStats(counts.detach(), entropy.detach(), balance.detach(), z_loss.detach())
