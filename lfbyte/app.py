@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from .errors import LFByteError
+from .errors import LFByteError, exit_with
 from .generate import CONF_DIR, Run, describe_run, find_runs, latest_run, load_run, stream_text
 
 
@@ -191,9 +191,7 @@ def _hydra_entry(cfg: Any) -> None:
     try:
         serve(to_plain(cfg))
     except LFByteError as e:
-        for line in str(e).splitlines():
-            print(f"error: {line}", file=sys.stderr, flush=True)
-        sys.exit(2)
+        exit_with(e)
     except OSError as e:  # e.g. the port is taken
         print(f"error: cannot start the server: {e}; choose another server_port=", file=sys.stderr, flush=True)
         sys.exit(2)

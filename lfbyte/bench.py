@@ -34,7 +34,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from .config import to_plain, validate
-from .errors import ConfigError, LFByteError
+from .errors import ConfigError, LFByteError, exit_with
 from .precision import autocast
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -313,9 +313,7 @@ def main(cfg: DictConfig) -> None:
     try:
         results = run_bench(to_plain(cfg), out_dir)
     except LFByteError as e:
-        for line in str(e).splitlines():
-            print(f"error: {line}", file=sys.stderr, flush=True)
-        sys.exit(2)
+        exit_with(e)
     print(markdown(results))
     print(f"raw results: {out_dir / 'results.json'}", file=sys.stderr)
 

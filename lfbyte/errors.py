@@ -1,5 +1,7 @@
 """User-facing errors: each carries one line that says what is wrong and how to fix it."""
 
+from typing import NoReturn
+
 
 class LFByteError(Exception):
     """Base class; entry points print ``error: <message>`` and exit 2 instead of a traceback."""
@@ -15,3 +17,16 @@ class DataError(LFByteError):
 
 class CheckpointError(LFByteError):
     pass
+
+
+def print_error(e: BaseException) -> None:
+    """The user-facing form: ``error: <line>`` on stderr for each line of the message."""
+    import sys
+
+    for line in str(e).splitlines():
+        print(f"error: {line}", file=sys.stderr, flush=True)
+
+
+def exit_with(e: BaseException, code: int = 2) -> NoReturn:
+    print_error(e)
+    raise SystemExit(code)

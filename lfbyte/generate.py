@@ -31,7 +31,7 @@ import yaml
 from torch import Tensor, nn
 
 from .checkpoint import checkpoint_candidates, load_checkpoint
-from .errors import CheckpointError, ConfigError, LFByteError
+from .errors import CheckpointError, ConfigError, LFByteError, exit_with
 from .model import build_model
 from .model.lfbyte import BYTE_VOCAB, SEPARATOR
 
@@ -482,9 +482,7 @@ def _hydra_entry(cfg: Any) -> None:
     try:
         run_cli(to_plain(cfg))
     except LFByteError as e:
-        for line in str(e).splitlines():
-            print(f"error: {line}", file=sys.stderr, flush=True)
-        sys.exit(2)
+        exit_with(e)
     except KeyboardInterrupt:
         sys.exit(130)
 

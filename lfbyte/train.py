@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 from .config import to_plain, validate
 from .data import load_corpus, split_corpus
 from .distributed import DistInfo, spawn, torchrun_info, under_torchrun
-from .errors import ConfigError, LFByteError
+from .errors import ConfigError, LFByteError, print_error
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
@@ -71,8 +71,7 @@ def main(cfg: DictConfig) -> float:
     except LFByteError as e:
         if not under_torchrun() or os.environ.get("RANK") == "0":
             _record_failure(run_dir, str(e))
-        for line in str(e).splitlines():
-            print(f"error: {line}", file=sys.stderr, flush=True)
+        print_error(e)
         if multirun:  # one failed job must not end the sweep; the report shows it as failed
             return math.nan
         sys.exit(2)

@@ -8,14 +8,14 @@ LFByteTransformer can be measured against it.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from .lfbyte import VOCAB_SIZE, ModelOutput
+from .lfbyte import VOCAB_SIZE, ModelOutput, merge_config
 from .positional import PositionalEncoding
 
 
@@ -83,12 +83,7 @@ class GPT(nn.Module):
 
     def __init__(self, config: GPTConfig | None = None, **overrides: object) -> None:
         super().__init__()
-        known = {f.name for f in fields(GPTConfig)}
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise ValueError(f"unknown GPT option(s) {unknown}; known: {sorted(known)}")
-        cfg = GPTConfig(**{**(asdict(config) if config else {}), **overrides})
-        self.config = cfg
+        self.config = cfg = merge_config(GPTConfig, config, overrides, "GPT")
         self.embed = nn.Embedding(cfg.vocab_size, cfg.embed_dim)
         self.pos = PositionalEncoding(cfg.embed_dim, cfg.seq_len, cfg.pos_encoding)
         self.drop = nn.Dropout(cfg.dropout)

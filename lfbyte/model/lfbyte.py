@@ -73,6 +73,15 @@ class DecodeState:
     pos: int = 0
 
 
+def merge_config(cls: type, config: object | None, overrides: dict, owner: str) -> object:
+    """``cls`` (a config dataclass) from ``config`` with keyword ``overrides``; unknown keys are an error."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"unknown {owner} option(s) {unknown}; known: {sorted(known)}")
+    return cls(**{**(asdict(config) if config else {}), **overrides})
+
+
 class LFBlock(nn.Module):
     def __init__(self, cfg: LFByteConfig) -> None:
         super().__init__()
@@ -112,12 +121,7 @@ class LFByteTransformer(nn.Module):
 
     def __init__(self, config: LFByteConfig | None = None, **overrides: object) -> None:
         super().__init__()
-        known = {f.name for f in fields(LFByteConfig)}
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise ValueError(f"unknown LFByteTransformer option(s) {unknown}; known: {sorted(known)}")
-        cfg = LFByteConfig(**{**(asdict(config) if config else {}), **overrides})
-        self.config = cfg
+        self.config = cfg = merge_config(LFByteConfig, config, overrides, "LFByteTransformer")
         d = cfg.embed_dim
         self.embed = nn.Embedding(cfg.vocab_size, d)
         self.pos = PositionalEncoding(d, cfg.seq_len, cfg.pos_encoding)
