@@ -58,6 +58,23 @@ def atomic_save(obj: Any, path: Path) -> None:
     _fsync_dir(path.parent)
 
 
+def ensure_writable(folder: Path, what: str) -> None:
+    """Create ``folder`` and prove a file can be written there: found before training, not at the first save."""
+    folder = Path(folder)
+    probe = folder / f".write-test-{os.getpid()}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"ok")
+    except OSError as e:
+        raise CheckpointError(f"cannot write to {what} {folder}: {e.strerror or e}; "
+                              "point it at a writable folder with free space") from None
+    finally:
+        try:
+            probe.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
 def _link(src: Path, dst: Path) -> None:
     """Atomically make ``dst`` the same file as ``src`` (hard link; copy where links fail)."""
     tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")

@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import difflib
+import os
+import re
+from functools import cache
+from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from .errors import ConfigError
 from .precision import PRECISIONS
 
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 SCHEDULES = ("cosine", "linear", "constant")
 STRATEGIES = ("none", "ddp")
+NONFINITE = ("stop", "skip")
+# Groups whose keys are fixed by the files in conf/<group>/; model options are checked by the model itself.
+CHECKED_GROUPS = ("data", "optimizer", "distributed", "trainer", "logger")
+TOP_LEVEL = ("model", *CHECKED_GROUPS, "seed")
+_KEYS_HINT = "python -m lfbyte.train --cfg job prints every key"
 
 
 def to_plain(cfg: DictConfig | dict) -> dict[str, Any]:
@@ -21,6 +33,41 @@ def to_plain(cfg: DictConfig | dict) -> dict[str, Any]:
         register_resolvers()
         cfg = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     return dict(cfg)
+
+
+@cache
+def known_keys(group: str) -> frozenset[str]:
+    """Every key that some shipped ``conf/<group>/*.yaml`` defines: the schema is the config files."""
+    keys: set[str] = set()
+    for f in (CONF_DIR / group).glob("*.yaml"):
+        data = yaml.safe_load(f.read_text()) or {}
+        if isinstance(data, dict):
+            keys.update(k for k in data if k != "defaults")
+    return frozenset(keys)
+
+
+def _did_you_mean(name: str, choices: Any, prefix: str = "") -> str:
+    close = difflib.get_close_matches(name, sorted(choices), n=1)
+    return f" (did you mean {prefix}{close[0]}?)" if close else ""
+
+
+def _unknown_keys(cfg: dict[str, Any]) -> list[str]:
+    out = [f"{k} is not a known config group or key{_did_you_mean(k, TOP_LEVEL)}; the groups are {', '.join(TOP_LEVEL)}"
+           for k in cfg if k not in TOP_LEVEL]
+    for group in CHECKED_GROUPS:
+        known = known_keys(group)
+        if not known or not isinstance(cfg.get(group), dict):
+            continue
+        out += [f"{group}.{k} is not a known option{_did_you_mean(k, known, group + '.')}; {_KEYS_HINT}"
+                for k in cfg[group] if k not in known]
+    return out
+
+
+def usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def _check(problems: list[str], ok: bool, msg: str) -> None:
@@ -67,6 +114,10 @@ def validate(cfg: dict[str, Any]) -> None:
     _check(p, t.get("max_grad_norm") is None or (isinstance(t["max_grad_norm"], (int, float)) and t["max_grad_norm"] >= 0),
            f"trainer.max_grad_norm={t.get('max_grad_norm')!r} must be null or >= 0")
     _check(p, t.get("device") in ("auto", "cpu", "cuda"), f"trainer.device={t.get('device')!r} must be auto, cpu or cuda")
+    _check(p, t.get("on_nonfinite", "stop") in NONFINITE,
+           f"trainer.on_nonfinite={t.get('on_nonfinite')!r} must be one of {list(NONFINITE)}")
+    _check(p, _is_int(t.get("max_skipped_steps", 1)),
+           f"trainer.max_skipped_steps={t.get('max_skipped_steps')!r} must be an integer >= 1")
 
     _check(p, isinstance(o.get("lr"), (int, float)) and o["lr"] > 0, f"optimizer.lr={o.get('lr')!r} must be > 0")
     _check(p, _is_int(o.get("warmup_steps"), 0), f"optimizer.warmup_steps={o.get('warmup_steps')!r} must be an integer >= 0")
@@ -80,11 +131,151 @@ def validate(cfg: dict[str, Any]) -> None:
     _check(p, isinstance(vf, (int, float)) and 0 < vf < 1, f"data.val_fraction={vf!r} must be in (0, 1)")
     _check(p, dist.get("strategy") in STRATEGIES, f"distributed.strategy={dist.get('strategy')!r} must be one of {list(STRATEGIES)}")
     _check(p, _is_int(dist.get("nproc_per_node")), f"distributed.nproc_per_node={dist.get('nproc_per_node')!r} must be an integer >= 1")
-    if dist.get("strategy") == "ddp" and _is_int(dist.get("nproc_per_node")) and t.get("device") == "cuda":
-        import torch
-
-        n = torch.cuda.device_count()
-        _check(p, dist["nproc_per_node"] <= n,
-               f"distributed.nproc_per_node={dist['nproc_per_node']} but only {n} GPU(s) are visible")
+    p += _unknown_keys(cfg)
+    if not p:
+        p += _hardware_problems(t, dist)
     if p:
         raise ConfigError("\n".join(p))
+
+
+def _hardware_problems(t: dict[str, Any], dist: dict[str, Any]) -> list[str]:
+    """What this machine cannot run: checked in the launching process, before anything is spawned."""
+    import torch
+
+    from .distributed import under_torchrun
+    from .precision import resolve_precision
+
+    device = t["device"]
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        return ["trainer.device=cuda but no GPU is visible; use trainer.device=cpu"]
+    p: list[str] = []
+    try:
+        resolve_precision(t["precision"], torch.device(device))
+    except ConfigError as e:
+        p.append(str(e))
+    n = dist["nproc_per_node"]
+    if dist["strategy"] == "ddp" and not under_torchrun():
+        if device == "cuda":
+            gpus = torch.cuda.device_count()
+            _check(p, n <= gpus, f"distributed.nproc_per_node={n} but only {gpus} GPU(s) are visible; "
+                                 f"use distributed.nproc_per_node={gpus} or less")
+        else:
+            cpus = usable_cpus()
+            _check(p, n <= cpus, f"distributed.nproc_per_node={n} but this machine has {cpus} CPU core(s); CPU "
+                                 f"workers need a core each: use distributed.nproc_per_node={cpus} or less")
+    return p
+
+
+# Hydra flags after which the command line is not a plain list of overrides to compose.
+_PASS_THROUGH = {"-h", "--help", "--hydra-help", "--version", "-c", "--cfg", "-i", "--info", "-cp", "--config-path",
+                 "-cn", "--config-name", "-cd", "--config-dir", "-p", "--package", "-sc", "--shell-completion",
+                 "--experimental-rerun", "--resolve"}
+
+
+def check_output_dir(path: str | Path, what: str) -> None:
+    """``path`` could be created and written: its nearest existing ancestor is a writable directory."""
+    p = Path(path).absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    if not p.is_dir():
+        raise ConfigError(f"{what}={path} cannot be created: {p} is a file, not a folder; choose another path")
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise ConfigError(f"{what}={path} cannot be created: {p} is not writable; choose another path")
+
+
+def check_overrides(config_name: str, argv: list[str]) -> DictConfig | None:
+    """Compose the config the command line asks for, and turn Hydra's multi-line errors into one line.
+
+    Runs before ``@hydra.main``: a typo in a key, a group option that does not exist or an override
+    that does not parse gets ``error: ...`` and exit 2 like every other bad input. A multirun's sweep
+    overrides are checked with their first value.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException, MissingConfigException, OverrideParseException
+
+    if any(a.split("=", 1)[0] in _PASS_THROUGH for a in argv):
+        return
+    multirun = any(a in ("-m", "--multirun") for a in argv)
+    raw = [a for a in argv if not a.startswith("-")]
+    try:
+        parsed = OverridesParser.create().parse_overrides(raw)
+    except OverrideParseException as e:
+        bad = next((a for a in raw if _unparsable(a)), " ".join(raw))
+        raise ConfigError(f"cannot parse the override {bad!r}: {str(e).splitlines()[0]} (quote values with "
+                          "spaces or commas; https://hydra.cc/docs/advanced/override_grammar/basic/)") from None
+    overrides = []
+    for text, o in zip(raw, parsed, strict=True):
+        if multirun and o.is_sweep_override():
+            try:
+                first = next(iter(o.sweep_string_iterator()))
+            except Exception:  # noqa: BLE001 - e.g. an Optuna interval(): the sweeper checks it
+                continue
+            text = f"{o.get_key_element()}={first}"
+        overrides.append(text)
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            try:
+                cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
+            except MissingConfigException as e:
+                raise ConfigError(_missing_option(str(e))) from None
+            except HydraException as e:
+                raise ConfigError(_override_problem(str(e), config_name, overrides)) from None
+    finally:
+        GlobalHydra.instance().clear()
+    from hydra.types import RunMode
+
+    multirun = multirun or OmegaConf.select(cfg, "hydra.mode") == RunMode.MULTIRUN
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    try:
+        out = OmegaConf.select(cfg, key)
+    except Exception:  # noqa: BLE001 - interpolations only Hydra's own run can resolve
+        out = None
+    if isinstance(out, str):
+        check_output_dir(out, key)
+    return cfg
+
+
+def _unparsable(override: str) -> bool:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        OverridesParser.create().parse_overrides([override])
+    except Exception:  # noqa: BLE001
+        return True
+    return False
+
+
+def _missing_option(message: str) -> str:
+    m = re.search(r"Could not find '([^']+)'", message)
+    options = re.findall(r"^\t(\S+)$", message.split("Config search path")[0], flags=re.M)
+    if not m:
+        return message.splitlines()[0]
+    group, _, name = m.group(1).rpartition("/")
+    if not group:
+        return f"config {name!r} not found"
+    return f"{group}={name} is not an option{_did_you_mean(name, options)}; choose one of: {', '.join(options)}"
+
+
+def _override_problem(message: str, config_name: str, overrides: list[str]) -> str:
+    m = re.search(r"Could not override '([^']+)'", message)
+    if not m:
+        return "; ".join(line.strip() for line in message.splitlines() if line.strip())
+    key = m.group(1)
+    parent, _, leaf = key.rpartition(".")
+    hint = ""
+    try:  # suggest the nearest existing key under the same parent
+        from hydra import compose
+
+        rest = [o for o in overrides if o.lstrip("+~").split("=", 1)[0] != key]
+        node = compose(config_name, overrides=rest)
+        node = OmegaConf.select(node, parent) if parent else node
+        if isinstance(node, DictConfig):
+            hint = _did_you_mean(leaf, list(node.keys()), parent + "." if parent else "")
+    except Exception:  # noqa: BLE001 - the suggestion is a nicety
+        pass
+    return f"{key} is not a known option{hint}; {_KEYS_HINT}"

@@ -16,10 +16,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from .config import to_plain, validate
+from .checkpoint import ensure_writable
+from .config import check_overrides, to_plain, validate
 from .data import load_corpus, split_corpus
 from .distributed import DistInfo, spawn, torchrun_info, under_torchrun
-from .errors import ConfigError, LFByteError, print_error
+from .errors import ConfigError, LFByteError, exit_with, print_error
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
@@ -41,7 +42,10 @@ def train(cfg: DictConfig | dict, run_dir: str | Path) -> dict[str, Any]:
     run_dir = Path(run_dir)
     info = torchrun_info() if under_torchrun() else DistInfo()
     if info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        save_path = plain["trainer"].get("save_path")
+        ensure_writable(run_dir, "the run directory")
+        ensure_writable(Path(save_path) if save_path else run_dir / "checkpoints",
+                        "trainer.save_path" if save_path else "the checkpoint folder")
         (run_dir / "config.yaml").write_text(yaml.safe_dump(plain, sort_keys=False))
     corpus = load_corpus(plain["data"].get("path"), plain["data"].get("cache_dir"))  # build the cache once
     split_corpus(corpus, plain["data"]["val_fraction"], plain["model"]["seq_len"])
@@ -84,5 +88,14 @@ def main(cfg: DictConfig) -> float:
     return float(result.get("val_bpb", math.nan))
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """``python -m lfbyte.train``: check the command line in one line, then hand it to Hydra."""
+    try:
+        check_overrides("train", sys.argv[1:])
+    except ConfigError as e:
+        exit_with(e)
     main()
+
+
+if __name__ == "__main__":
+    cli()

@@ -134,6 +134,8 @@ class Trainer:
         save_path = tc.get("save_path")
         self.ckpt_dir = Path(save_path) if save_path else self.run_dir / "checkpoints"
         self.step, self.elapsed_before, self.bytes_seen = 0, 0.0, 0
+        self.skipped_steps = self.skipped_in_a_row = 0  # updates not applied: non-finite loss/gradients
+        self.saved_step: int | None = None
         self.best_val: float | None = None
         self.last_eval: dict[str, float] = {}
         self.resumed_from: str | None = None
@@ -173,16 +175,19 @@ class Trainer:
         st = ckpt["trainer_state"]
         self.step, self.elapsed_before, self.bytes_seen = st["step"], st["elapsed_s"], st["bytes_seen"]
         self.best_val = st.get("best_val")
+        self.skipped_steps = st.get("skipped_steps", 0)
         self.sampler.load_state_dict(st["sampler"])
         rngs = st["rng"]
         if len(rngs) == self.info.world_size:
             set_rng_state(rngs[self.info.rank])
         self.resumed_from = str(path)
+        self.saved_step = self.step
         if self.info.is_main:
             print(f"resumed from {path} at step {self.step}", flush=True)
 
     def _save(self, epoch_end: int | None = None) -> None:
         rngs = gather_objects(rng_state(), self.info)  # every rank's dropout RNG, for exact resume
+        self.saved_step = self.step
         if not self.info.is_main:
             return
         payload = {
@@ -195,6 +200,7 @@ class Trainer:
                 "elapsed_s": self.elapsed(),
                 "bytes_seen": self.bytes_seen,
                 "best_val": self.best_val,
+                "skipped_steps": self.skipped_steps,
                 "sampler": self.sampler.state_dict(),
                 "rng": rngs,
                 "world_size": self.info.world_size,
@@ -257,10 +263,39 @@ class Trainer:
         self.scaler.unscale_(self.optimizer)
         max_norm = self.tc["max_grad_norm"]
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm if max_norm else float("inf"))
-        self.scaler.step(self.optimizer)
+        # One host sync decides the step on every rank alike: the mean loss over ranks, and the grad
+        # norm (equal on all ranks after DDP's all-reduce); a NaN/inf anywhere poisons the sum.
+        health = torch.stack([loss_sum / self.accum, grad_norm.to(loss_sum.dtype)])
+        all_reduce(health)
+        loss, gnorm = (health / self.info.world_size).tolist()
+        # fp16: inf/NaN gradients are the GradScaler's business (it skips the step and lowers the scale).
+        if math.isfinite(loss) and (math.isfinite(gnorm) or self.precision == "fp16"):
+            self.scaler.step(self.optimizer)
+            self.skipped_in_a_row = 0
+        else:
+            self._nonfinite(loss, gnorm)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        return (loss_sum / self.accum).item(), float(grad_norm), stats
+        return loss, gnorm, stats
+
+    def _nonfinite(self, loss: float, grad_norm: float) -> None:
+        """A NaN/inf loss or gradient at the step being taken: the update is not applied."""
+        step = self.step + 1
+        what = f"loss {loss}" if not math.isfinite(loss) else f"gradient norm {grad_norm}"
+        kept = (f"the last good checkpoint (step {self.saved_step}) is kept in {self.ckpt_dir}"
+                if self.saved_step is not None else "no checkpoint had been written yet")
+        if self.tc.get("on_nonfinite", "stop") == "stop":
+            raise LFByteError(f"non-finite {what} at step {step}; the update was not applied and {kept}. Lower "
+                              "optimizer.lr, use trainer.precision=fp32, or set trainer.on_nonfinite=skip")
+        self.skipped_steps += 1
+        self.skipped_in_a_row += 1
+        limit = int(self.tc.get("max_skipped_steps", 10))
+        if self.skipped_in_a_row >= limit:
+            raise LFByteError(f"non-finite {what} at {limit} steps in a row (up to step {step}); stopping, and "
+                              f"{kept}. Lower optimizer.lr or use trainer.precision=fp32")
+        if self.info.is_main:
+            print(f"warning: non-finite {what} at step {step}; update skipped "
+                  f"({self.skipped_steps} skipped so far)", file=sys.stderr, flush=True)
 
     def _should_stop(self) -> tuple[bool, str]:
         """One collective per step so every rank stops at the same step, for the same reason."""
@@ -313,10 +348,9 @@ class Trainer:
                 self.step += 1
                 self.bytes_seen += self.bytes_per_step
                 window_bytes += self.bytes_per_step
-                if not math.isfinite(loss):
-                    raise LFByteError(f"loss became {loss} at step {self.step}; lower optimizer.lr or use "
-                                      "trainer.precision=fp32/bf16 (the last good checkpoint is kept)")
-                if self.step % log_interval == 0 or self.step == 1:
+                if self.skipped_in_a_row:
+                    self.logger.log({"skipped_steps": self.skipped_steps}, self.step)
+                elif self.step % log_interval == 0 or self.step == 1:
                     now = time.perf_counter()
                     bps = window_bytes / max(now - window_t, 1e-9)
                     window_t, window_bytes = now, 0
@@ -392,6 +426,7 @@ class Trainer:
             "elapsed_s": elapsed,
             "bytes_seen": self.bytes_seen,
             "bytes_per_s": self.bytes_seen / max(elapsed, 1e-9),
+            "skipped_steps": self.skipped_steps,
             "parameters": self.model.num_parameters(),
             "precision": self.precision,
             "world_size": self.info.world_size,

@@ -169,12 +169,12 @@ def test_failed_job_is_a_failed_row_and_its_wandb_run_is_closed(tmp_path: Path, 
     with open(out / "report.csv") as f:
         rows = list(csv.DictReader(f))
     assert [(r["job"], r["status"]) for r in rows] == [("0", "failed"), ("1", "completed"), ("2", "incomplete")]
-    assert "loss became nan" in rows[0]["error"] and rows[0]["val bits/byte"] == ""
+    assert "non-finite loss nan at step 2" in rows[0]["error"] and rows[0]["val bits/byte"] == ""
     assert rows[0]["parameters"] == rows[1]["parameters"]  # counted from the failed job's config
     assert float(rows[2]["val bits/byte"]) == pytest.approx(float(rows[1]["val bits/byte"]))
     md = (out / "report.md").read_text()
     assert "3 jobs: 1 finished, 2 failed, incomplete or not started." in md
-    assert "| 0 | failed | 1e+30 |" in md and "loss became nan" in md and "| 2 | incomplete |" in md
+    assert "| 0 | failed | 1e+30 |" in md and "non-finite loss nan at step 2" in md and "| 2 | incomplete |" in md
     assert (out / "report.png").read_bytes()[:8] == PNG_MAGIC
 
     # a sweep stopped before a job started: the planned job is a "not started" row
