@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -51,9 +52,15 @@ def atomic_save(obj: Any, path: Path) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as e:
+    except (OSError, RuntimeError) as e:  # torch's zip writer re-raises a failed write as RuntimeError
         tmp.unlink(missing_ok=True)
-        raise CheckpointError(f"could not write checkpoint {path}: {e.strerror or e}; "
+        cause: BaseException | None = e
+        while cause is not None and not isinstance(cause, OSError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is None and not isinstance(e, OSError):
+            raise
+        why = cause.strerror or str(cause) if isinstance(cause, OSError) else str(e)
+        raise CheckpointError(f"could not write checkpoint {path}: {why}; "
                               "free disk space or set trainer.save_path to a writable folder") from e
     _fsync_dir(path.parent)
 
@@ -115,11 +122,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - every failure mode becomes one clear line
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if "Unsupported global" in str(e):
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
+        first = lines[0]
+        if "Weights only load failed" in first or "Unsupported global" in str(e):
+            # the line that names the refused global, not torch's advice to turn the safety off
+            why = next((line for line in lines if "GLOBAL" in line or "Unsupported" in line), first)
             raise CheckpointError(
                 f"refusing to load {path}: it contains objects other than tensors and plain "
-                f"data ({first[:160]}); only load checkpoints you trust, re-saved as state dicts"
+                f"data ({why[:160]}); only load checkpoints you trust, re-saved as state dicts"
             ) from e
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({first[:160]})") from e
     if not isinstance(obj, dict) or "model_state_dict" not in obj:
@@ -137,11 +147,14 @@ def checkpoint_candidates(ckpt_dir: Path) -> list[Path]:
     return ([last] if last.is_file() else []) + steps
 
 
-def load_latest(ckpt_dir: Path, map_location: str | torch.device = "cpu") -> tuple[Path, dict] | None:
-    """The newest loadable checkpoint; corrupt ones are skipped with a warning."""
+def load_latest(
+    ckpt_dir: Path, map_location: str | torch.device = "cpu", warn: bool = True
+) -> tuple[Path, dict] | None:
+    """The newest loadable checkpoint; unloadable ones are skipped with a warning on stderr."""
     for path in checkpoint_candidates(ckpt_dir):
         try:
             return path, load_checkpoint(path, map_location)
         except CheckpointError as e:
-            print(f"warning: skipping {e}", flush=True)
+            if warn:
+                print(f"warning: {e}; trying an older one", file=sys.stderr, flush=True)
     return None

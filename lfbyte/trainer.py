@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from .checkpoint import load_checkpoint, load_latest, save_checkpoint
+from .checkpoint import checkpoint_candidates, load_checkpoint, load_latest, save_checkpoint
 from .data import WindowSampler, eval_windows, load_corpus, split_corpus
 from .distributed import DistInfo, all_reduce, gather_objects, init_process_group, pick_backend
 from .errors import CheckpointError, ConfigError, LFByteError
@@ -93,6 +93,8 @@ def set_rng_state(state: dict) -> None:
 class Trainer:
     def __init__(self, cfg: dict, run_dir: Path, info: DistInfo = DistInfo()) -> None:
         self.cfg, self.run_dir, self.info = cfg, Path(run_dir), info
+        if info.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
         tc, dc = cfg["trainer"], cfg["data"]
         self.tc, self.opt_cfg = tc, cfg["optimizer"]
         self.device = pick_device(tc["device"], info)
@@ -155,8 +157,12 @@ class Trainer:
         if not resume:
             return
         if resume == "auto":
-            found = load_latest(self.ckpt_dir, map_location=self.device)
+            found = load_latest(self.ckpt_dir, map_location=self.device, warn=self.info.is_main)
             if found is None:
+                if checkpoint_candidates(self.ckpt_dir):  # never train over checkpoints we could not read
+                    raise CheckpointError(f"trainer.resume=auto: no checkpoint in {self.ckpt_dir} could be loaded "
+                                          "(see the warnings above); move them away to start fresh, or give "
+                                          "trainer.resume=<path to a good checkpoint>")
                 return  # nothing to resume: a fresh start
             path, ckpt = found
         else:
