@@ -14,6 +14,7 @@ import glob
 import hashlib
 import json
 import os
+import shutil
 import sys
 import sysconfig
 from collections.abc import Iterator
@@ -122,6 +123,20 @@ def _build_cache(docs: Iterator[bytes | Path], target: Path) -> None:
     """Stream documents into ``target/{bytes.bin,starts.npy}``, atomically (tmp dir + rename)."""
     tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
     tmp.mkdir(parents=True, exist_ok=True)
+    try:
+        _write_cache(docs, tmp)
+    except BaseException:  # a full disk or Ctrl-C mid-copy leaves no half-written cache behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    try:
+        os.replace(tmp, target)
+    except OSError:  # another process finished the same cache first
+        if not (target / "starts.npy").exists():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _write_cache(docs: Iterator[bytes | Path], tmp: Path) -> None:
     starts, total = [0], 0
     with open(tmp / "bytes.bin", "wb") as out:
         for doc in docs:
@@ -136,14 +151,6 @@ def _build_cache(docs: Iterator[bytes | Path], target: Path) -> None:
             if total > starts[-1]:  # empty files add nothing, not even a separator
                 starts.append(total)
     np.save(tmp / "starts.npy", np.asarray(starts, dtype=np.int64))
-    try:
-        os.replace(tmp, target)
-    except OSError:  # another process finished the same cache first
-        if not (target / "starts.npy").exists():
-            raise
-        for f in tmp.iterdir():
-            f.unlink()
-        tmp.rmdir()
 
 
 def load_corpus(path: str | None, cache_dir: str | None = None) -> ByteCorpus:
@@ -162,8 +169,9 @@ def load_corpus(path: str | None, cache_dir: str | None = None) -> ByteCorpus:
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             _build_cache(_python_docs() if files is None else iter(files), target)
-        except PermissionError as e:
-            raise DataError(f"cannot write the data cache at {target.parent} ({e.strerror}); set data.cache_dir") from e
+        except OSError as e:  # permissions, a full disk
+            raise DataError(f"cannot write the data cache at {target.parent} ({e.strerror or e}); free disk space "
+                            "or set data.cache_dir to a writable folder") from e
     starts = np.load(target / "starts.npy")
     if starts[-1] == 0:
         raise DataError(f"data.path={path!r} holds no bytes (all files are empty); add data")

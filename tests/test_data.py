@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import resource
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -119,3 +123,58 @@ def test_windows_stay_inside_their_split(text_file: Path) -> None:
         assert x.shape == (64, 32) and (x[:, 1:] == y[:, :-1]).all()
     ev = eval_windows(val, 32, 10)
     assert ev.min() >= val.lo and ev.max() + 33 <= val.hi and len(set(ev.tolist())) == len(ev)
+
+
+def test_text_that_is_not_utf8_is_just_bytes(tmp_path: Path) -> None:
+    raw = b"caf\xc3\xa9 \xff\xfe\x80 lone surrogate \xed\xa0\x80 latin-1 \xe9t\xe9\n" * 50
+    (tmp_path / "mixed.txt").write_bytes(raw)
+    corpus = load_corpus(str(tmp_path / "mixed.txt"), str(tmp_path / "cache"))
+    assert bytes(corpus.data) == raw
+    assert corpus.tokens(np.arange(1, 9)).tolist() == list(raw[:8])  # position 0 is the document separator
+
+
+def _child(code: str, tmp_path: Path, limit_bytes: int | None = None) -> subprocess.CompletedProcess:
+    def limit() -> None:
+        if limit_bytes is not None:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
+
+    return subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          preexec_fn=limit)
+
+
+def test_a_huge_file_is_streamed_and_memory_mapped_never_read_whole(tmp_path: Path) -> None:
+    big = tmp_path / "big.bin"
+    with open(big, "wb") as f:  # 256 MB, sparse: cheap to make, still 256 MB to read
+        f.truncate(256 << 20)
+    code = f"""
+import resource
+from lfbyte.data import load_corpus, split_corpus, WindowSampler
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+corpus = load_corpus({str(big)!r}, {str(tmp_path / "cache")!r})
+train, val = split_corpus(corpus, 0.05, 512)
+x, y = WindowSampler(corpus, train, 512, 0).read(__import__("numpy").arange(8) * 1_000_000)
+print(len(corpus), (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
+"""
+    proc = _child(code, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    length, grew_mb = map(int, proc.stdout.split())
+    assert length == (256 << 20) + 1
+    assert grew_mb < 64, f"peak memory grew by {grew_mb} MB while opening a 256 MB corpus"
+
+
+def test_a_full_disk_while_building_the_cache_is_one_error_and_leaves_nothing(tmp_path: Path) -> None:
+    (tmp_path / "data.txt").write_bytes(b"some text\n" * 100_000)  # 1 MB, the 'disk' takes 64 KB
+    code = f"""
+from lfbyte.data import load_corpus
+from lfbyte.errors import DataError
+try:
+    load_corpus({str(tmp_path / "data.txt")!r}, {str(tmp_path / "cache")!r})
+except DataError as e:
+    print(e)
+"""
+    proc = _child(code, tmp_path, limit_bytes=64 << 10)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stdout.strip() == (f"cannot write the data cache at {tmp_path / 'cache'} (File too large); free disk "
+                                   "space or set data.cache_dir to a writable folder")
+    assert list((tmp_path / "cache").iterdir()) == []  # no half-written cache to be mistaken for a good one
