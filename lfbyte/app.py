@@ -10,6 +10,8 @@ are capped (``conf/app.yaml``); a bad request gets a message, never a server cra
 
 from __future__ import annotations
 
+import errno
+import socket
 import sys
 import threading
 import traceback
@@ -20,8 +22,18 @@ from typing import Any
 
 import yaml
 
-from .errors import LFByteError, exit_with
-from .generate import CONF_DIR, Run, describe_run, find_runs, latest_run, load_run, stream_text
+from .config import check_overrides, to_plain
+from .errors import ConfigError, LFByteError, exit_with
+from .generate import (
+    CONF_DIR,
+    Run,
+    check_num_threads,
+    describe_run,
+    find_runs,
+    latest_run,
+    load_run,
+    stream_text,
+)
 
 
 class RunCache:
@@ -161,11 +173,61 @@ def build_app(cfg: dict[str, Any], cache: RunCache, run_dir: str, note: str = ""
     return demo
 
 
+def _is_int(value: Any, lo: int = 1, hi: float = float("inf")) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi
+
+
+def check_config(cfg: dict[str, Any]) -> None:
+    """Every problem of conf/app.yaml in one line each, before a model is loaded or a port opened."""
+    p = [f"{key}={cfg.get(key)!r} must be an integer >= 1"
+         for key in ("max_prompt_bytes", "max_length_cap", "default_max_length", "concurrency_limit", "max_queue",
+                     "cache_size")
+         if not _is_int(cfg.get(key))]
+    t = cfg.get("default_temperature")
+    if not (isinstance(t, (int, float)) and not isinstance(t, bool) and 0 <= t <= 2):
+        p.append(f"default_temperature={t!r} must be a number in [0, 2] (the Temperature slider)")
+    port = cfg.get("server_port")
+    if port is not None and not _is_int(port, 1, 65535):
+        p.append(f"server_port={port!r} must be null (7860 or the next free port) or an integer in 1..65535")
+    if not isinstance(cfg.get("server_name"), str) or not cfg["server_name"]:
+        p.append(f"server_name={cfg.get('server_name')!r} must be an address: 127.0.0.1 (this machine) or 0.0.0.0")
+    if not isinstance(cfg.get("share"), bool):
+        p.append(f"share={cfg.get('share')!r} must be true or false")
+    try:
+        check_num_threads(cfg.get("num_threads"))
+    except ConfigError as e:
+        p.append(str(e))
+    if p:
+        raise ConfigError("\n".join(p))
+
+
+def check_address(host: str, port: int | None) -> None:
+    """Fail in one line where Gradio would not: it retries a host name that does not resolve (or is not
+    this machine's) on 100 ports before giving up, and words a busy port as 'Cannot find empty port'."""
+    try:  # Gradio takes [::1] for ::1
+        family, kind, proto, _, addr = socket.getaddrinfo(host.strip("[]"), port or 0, type=socket.SOCK_STREAM)[0]
+    except (OSError, UnicodeError) as e:
+        raise ConfigError(f"server_name={host} does not resolve ({getattr(e, 'strerror', None) or e}); "
+                          "use 127.0.0.1 (this machine only) or 0.0.0.0 (every interface)") from None
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Gradio does: a TIME_WAIT port is free
+        try:
+            s.bind(addr)
+        except OSError as e:
+            fix = {
+                errno.EADDRINUSE: "choose another server_port=, or server_port=null for the next free one from 7860",
+                errno.EACCES: "ports below 1024 need root; choose server_port=1024 or above",
+            }.get(e.errno, "use 127.0.0.1 (this machine only) or 0.0.0.0 (every interface)")
+            raise ConfigError(f"cannot listen on {host}:{port or 'any port'} ({e.strerror or e}); {fix}") from None
+
+
 def serve(cfg: dict[str, Any]) -> None:
+    check_config(cfg)
+    check_address(cfg["server_name"], cfg.get("server_port"))
     if cfg.get("num_threads"):
         import torch
 
-        torch.set_num_threads(int(cfg["num_threads"]))
+        torch.set_num_threads(cfg["num_threads"])
     run_dir, note = cfg.get("run_dir"), ""
     if not run_dir:
         run_dir = latest_run(cfg.get("runs_root") or "outputs")
@@ -186,14 +248,13 @@ def serve(cfg: dict[str, Any]) -> None:
 
 
 def _hydra_entry(cfg: Any) -> None:
-    from .config import to_plain
-
     try:
         serve(to_plain(cfg))
     except LFByteError as e:
         exit_with(e)
-    except OSError as e:  # e.g. the port is taken
-        print(f"error: cannot start the server: {e}; choose another server_port=", file=sys.stderr, flush=True)
+    except OSError as e:  # e.g. the port was taken after check_address
+        print(f"error: cannot start the server: {str(e).split('. You can')[0]}; choose another server_port=",
+              file=sys.stderr, flush=True)
         sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)
@@ -203,6 +264,10 @@ def main() -> None:
     """``python -m lfbyte.app [key=value ...]``; see conf/app.yaml."""
     import hydra
 
+    try:
+        check_overrides("app", sys.argv[1:], flat=True)
+    except ConfigError as e:
+        exit_with(e)
     hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="app")(_hydra_entry)()
 
 

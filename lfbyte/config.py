@@ -5,12 +5,14 @@ from __future__ import annotations
 import difflib
 import os
 import re
+from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from .errors import ConfigError
 from .precision import PRECISIONS
@@ -31,7 +33,12 @@ def to_plain(cfg: DictConfig | dict) -> dict[str, Any]:
         from .logger import register_resolvers  # ${lfbyte.multirun:...} in conf/logger/wandb.yaml
 
         register_resolvers()
-        cfg = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+        try:
+            cfg = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+        except OmegaConfBaseException as e:  # e.g. prompt=${nosuch}, a ??? left unset
+            key = getattr(e, "full_key", None)
+            where = f"{key}: " if key else ""
+            raise ConfigError(f"{where}{str(e).strip().splitlines()[0]}; write a literal $ as \\$") from None
     return dict(cfg)
 
 
@@ -185,12 +192,14 @@ def check_output_dir(path: str | Path, what: str) -> None:
         raise ConfigError(f"{what}={path} cannot be created: {p} is not writable; choose another path")
 
 
-def check_overrides(config_name: str, argv: list[str]) -> DictConfig | None:
+def check_overrides(config_name: str, argv: Sequence[str], *, flat: bool = False) -> DictConfig | None:
     """Compose the config the command line asks for, and turn Hydra's multi-line errors into one line.
 
-    Runs before ``@hydra.main``: a typo in a key, a group option that does not exist or an override
-    that does not parse gets ``error: ...`` and exit 2 like every other bad input. A multirun's sweep
-    overrides are checked with their first value.
+    Runs before ``@hydra.main`` (exit code 1 and several lines otherwise): a typo in a key, a group
+    option that does not exist, an override that does not parse, or an uncreatable run/sweep dir is
+    a :class:`ConfigError`. A multirun's sweep overrides are checked with their first value.
+    ``flat`` configs (generate, app) have every option as a key of their one file, so a key added
+    with ``+`` (which Hydra would accept and the program ignore) or removed with ``~`` is refused too.
     """
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -198,15 +207,17 @@ def check_overrides(config_name: str, argv: list[str]) -> DictConfig | None:
     from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 
     if any(a.split("=", 1)[0] in _PASS_THROUGH for a in argv):
-        return
+        return None  # --help, --cfg job, ...: Hydra's own modes
     multirun = any(a in ("-m", "--multirun") for a in argv)
     raw = [a for a in argv if not a.startswith("-")]
-    try:
-        parsed = OverridesParser.create().parse_overrides(raw)
-    except OverrideParseException as e:
-        bad = next((a for a in raw if _unparsable(a)), " ".join(raw))
-        raise ConfigError(f"cannot parse the override {bad!r}: {str(e).splitlines()[0]} (quote values with "
-                          "spaces or commas; https://hydra.cc/docs/advanced/override_grammar/basic/)") from None
+    parser = OverridesParser.create()
+    parsed = []
+    for arg in raw:  # one at a time, to name the one that does not parse
+        try:
+            parsed += parser.parse_overrides([arg])
+        except OverrideParseException as e:
+            raise ConfigError(f"cannot parse the override {arg!r}: {str(e).strip().splitlines()[0]} (quote "
+                              "values with spaces, commas or brackets: key=\"'a, b'\")") from None
     overrides = []
     for text, o in zip(raw, parsed, strict=True):
         if multirun and o.is_sweep_override():
@@ -216,17 +227,26 @@ def check_overrides(config_name: str, argv: list[str]) -> DictConfig | None:
                 continue
             text = f"{o.get_key_element()}={first}"
         overrides.append(text)
+    known = _flat_keys(config_name) if flat else None
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             try:
-                cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
+                cfg = compose(config_name, overrides=overrides, return_hydra_config=not flat)
             except MissingConfigException as e:
                 raise ConfigError(_missing_option(str(e))) from None
             except HydraException as e:
-                raise ConfigError(_override_problem(str(e), config_name, overrides)) from None
+                raise ConfigError(_override_problem(str(e), config_name, overrides, known)) from None
     finally:
         GlobalHydra.instance().clear()
+    if known is not None:
+        for key in cfg:
+            if key not in known:
+                raise ConfigError(_unknown_flat(str(key), config_name, known))
+        for key in known:
+            if key not in cfg:
+                raise ConfigError(f"{key} cannot be removed (~{key}); set it instead, e.g. {key}=null")
+        return cfg
     from hydra.types import RunMode
 
     multirun = multirun or OmegaConf.select(cfg, "hydra.mode") == RunMode.MULTIRUN
@@ -240,14 +260,14 @@ def check_overrides(config_name: str, argv: list[str]) -> DictConfig | None:
     return cfg
 
 
-def _unparsable(override: str) -> bool:
-    from hydra.core.override_parser.overrides_parser import OverridesParser
+def _flat_keys(config_name: str) -> list[str]:
+    data = yaml.safe_load((CONF_DIR / f"{config_name}.yaml").read_text()) or {}
+    return [k for k in data if k not in ("defaults", "hydra")]
 
-    try:
-        OverridesParser.create().parse_overrides([override])
-    except Exception:  # noqa: BLE001
-        return True
-    return False
+
+def _unknown_flat(key: str, config_name: str, known: list[str]) -> str:
+    return (f"{key} is not a known option{_did_you_mean(key, known)}; the options are {', '.join(known)} "
+            f"(conf/{config_name}.yaml)")
 
 
 def _missing_option(message: str) -> str:
@@ -261,11 +281,13 @@ def _missing_option(message: str) -> str:
     return f"{group}={name} is not an option{_did_you_mean(name, options)}; choose one of: {', '.join(options)}"
 
 
-def _override_problem(message: str, config_name: str, overrides: list[str]) -> str:
+def _override_problem(message: str, config_name: str, overrides: list[str], known: list[str] | None) -> str:
     m = re.search(r"Could not override '([^']+)'", message)
     if not m:
         return "; ".join(line.strip() for line in message.splitlines() if line.strip())
     key = m.group(1)
+    if known is not None:
+        return _unknown_flat(key, config_name, known)
     parent, _, leaf = key.rpartition(".")
     hint = ""
     try:  # suggest the nearest existing key under the same parent

@@ -19,6 +19,7 @@ see :class:`Decoder` for the exact policy.
 from __future__ import annotations
 
 import codecs
+import math
 import os
 import sys
 from collections.abc import Iterator, Sequence
@@ -31,6 +32,7 @@ import yaml
 from torch import Tensor, nn
 
 from .checkpoint import checkpoint_candidates, load_checkpoint
+from .config import check_overrides, to_plain
 from .errors import CheckpointError, ConfigError, LFByteError, exit_with
 from .model import build_model
 from .model.lfbyte import BYTE_VOCAB, SEPARATOR
@@ -40,6 +42,14 @@ CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 class GenerationError(LFByteError, ValueError):
     """Bad generation arguments or a model that cannot be sampled from."""
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 # ----------------------------------------------------------------------------- loading
@@ -64,7 +74,10 @@ class Run:
 def _pick_device(device: str | torch.device | None) -> torch.device:
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"device={device!r} is not a device; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device={device} but no GPU is visible; use device=cpu")
     return device
@@ -149,7 +162,8 @@ def load_run(
     """
     run_dir = Path(run_dir).expanduser()
     if not run_dir.is_dir():
-        raise CheckpointError(f"run directory {run_dir} does not exist; pass run_dir=<a folder under outputs/>")
+        what = "is a file, not a folder" if run_dir.exists() else "does not exist"
+        raise CheckpointError(f"run directory {run_dir} {what}; pass run_dir=<a folder under outputs/>")
     target = _pick_device(device)
     cfg = _read_config(run_dir)
     if cfg is None and not (run_dir / "checkpoints").is_dir() and (runs := find_runs(run_dir)):
@@ -235,9 +249,9 @@ class Decoder:
     def __init__(self, model: nn.Module, keep: int | None = None, use_cache: bool = True) -> None:
         self.model = model
         self.seq_len = int(model.config.seq_len)
-        self.keep = self.seq_len // 2 if keep is None else int(keep)
-        if not 1 <= self.keep <= self.seq_len:
-            raise GenerationError(f"keep={keep} must be between 1 and the model's seq_len={self.seq_len}")
+        self.keep = self.seq_len // 2 if keep is None else keep
+        if not _is_int(self.keep) or not 1 <= self.keep <= self.seq_len:
+            raise GenerationError(f"keep={keep!r} must be an integer between 1 and the model's seq_len={self.seq_len}")
         self.use_cache = use_cache
         self.device = next(model.parameters()).device
         self.window: list[int] = []
@@ -297,16 +311,23 @@ def sample_byte(
     return int(torch.multinomial(logits.softmax(-1), 1, generator=generator))
 
 
-def _check_args(max_length: int, temperature: float, top_k: int | None, top_p: float | None) -> None:
+def _check_args(
+    max_length: int, temperature: float, top_k: int | None, top_p: float | None, seed: int | None = None
+) -> None:
     problems = []
-    if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 0:
+    if not _is_int(max_length) or max_length < 0:
         problems.append(f"max_length={max_length!r} must be an integer >= 0")
-    if not isinstance(temperature, (int, float)) or not temperature >= 0:
-        problems.append(f"temperature={temperature!r} must be a number >= 0 (0 = greedy)")
-    if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
+    if not _is_number(temperature) or temperature < 0:
+        problems.append(f"temperature={temperature!r} must be a finite number >= 0 (0 = greedy)")
+    if top_k is not None and (not _is_int(top_k) or top_k < 1):
         problems.append(f"top_k={top_k!r} must be null or an integer >= 1")
-    if top_p is not None and (not isinstance(top_p, (int, float)) or not 0 < top_p <= 1):
+    if top_p is not None and (not _is_number(top_p) or not 0 < top_p <= 1):
         problems.append(f"top_p={top_p!r} must be null or in (0, 1]")
+    if seed is not None:
+        try:  # the rule is what torch accepts: 64 bits
+            torch.Generator().manual_seed(int(seed))
+        except (TypeError, ValueError, OverflowError, RuntimeError):
+            problems.append(f"seed={seed!r} must be null or an integer that fits in 64 bits")
     if problems:
         raise GenerationError("; ".join(problems))
 
@@ -345,7 +366,7 @@ def iter_bytes(
     ``seed`` makes sampling reproducible (same model, same device); ``None`` draws a fresh seed.
     """
     model = _as_model(model)
-    _check_args(max_length, temperature, top_k, top_p)
+    _check_args(max_length, temperature, top_k, top_p, seed)
     prompt = list(_as_bytes(start_sequence))
     tokens = ([SEPARATOR] if document_start else []) + prompt
     if max_length == 0:
@@ -449,10 +470,21 @@ def _prompt_text(value: Any) -> str:
     return "" if value is None else str(value)
 
 
+def check_num_threads(value: Any) -> None:
+    if value is not None and (not _is_int(value) or value < 1):
+        raise ConfigError(f"num_threads={value!r} must be null (torch's default) or an integer >= 1")
+
+
 def run_cli(cfg: dict[str, Any]) -> None:
+    # every argument is checked before the (slow) load
+    check_num_threads(cfg.get("num_threads"))
     if cfg.get("num_threads"):
-        torch.set_num_threads(int(cfg["num_threads"]))
-    _check_args(cfg["max_length"], cfg["temperature"], cfg.get("top_k"), cfg.get("top_p"))  # before the load
+        torch.set_num_threads(cfg["num_threads"])
+    _check_args(cfg["max_length"], cfg["temperature"], cfg.get("top_k"), cfg.get("top_p"), cfg.get("seed"))
+    if cfg.get("keep") is not None and (not _is_int(cfg["keep"]) or cfg["keep"] < 1):
+        raise GenerationError(f"keep={cfg['keep']!r} must be null (seq_len // 2) or an integer >= 1")
+    if not isinstance(cfg.get("include_prompt", True), bool):
+        raise ConfigError(f"include_prompt={cfg['include_prompt']!r} must be true or false")
     run_dir = cfg.get("run_dir")
     if not run_dir:
         run_dir = latest_run(cfg.get("runs_root") or "outputs")
@@ -477,12 +509,13 @@ def run_cli(cfg: dict[str, Any]) -> None:
 
 
 def _hydra_entry(cfg: Any) -> None:
-    from .config import to_plain
-
     try:
         run_cli(to_plain(cfg))
     except LFByteError as e:
         exit_with(e)
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly, like other Unix tools
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit flush must not fail again
+        sys.exit(141)  # 128 + SIGPIPE
     except KeyboardInterrupt:
         sys.exit(130)
 
@@ -491,6 +524,10 @@ def main() -> None:
     """``python -m lfbyte.generate [key=value ...]``; Hydra is imported only for the CLI."""
     import hydra
 
+    try:
+        check_overrides("generate", sys.argv[1:], flat=True)
+    except ConfigError as e:
+        exit_with(e)
     hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="generate")(_hydra_entry)()
 
 

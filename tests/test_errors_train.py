@@ -69,8 +69,8 @@ class _Evil:
         (["model=smal"], "error: model=smal is not an option (did you mean small?); "
                          "choose one of: base, gpt_base, gpt_small, gpt_tiny, small, tiny"),
         (["trainer.batch_size=[1"], "error: cannot parse the override 'trainer.batch_size=[1': no viable alternative "
-                                    "at input '[1' (quote values with spaces or commas; "
-                                    "https://hydra.cc/docs/advanced/override_grammar/basic/)"),
+                                    "at input '[1' (quote values with spaces, commas or brackets: "
+                                    "key=\"'a, b'\")"),
         (["trainer.on_nonfinite=maybe"], "error: trainer.on_nonfinite='maybe' must be one of ['stop', 'skip']"),
         (["model.dropout=1.5"], "error: model.dropout=1.5 must be in [0, 1)"),
         (["model.seq_len=4096"], None),  # longer than the corpus split allows: checked below
