@@ -3,7 +3,8 @@
 Reads every job directory (found by its ``.hydra/overrides.yaml``): the overrides that made it, its
 final ``metrics.json`` and its ``metrics.jsonl`` curve. Writes ``report.md``, ``report.csv`` and
 ``report.png`` (into the sweep dir, or ``--out``). A job that failed, or never wrote its final metrics,
-is a row with its status and error, never silently missing.
+is a row with its status and error, never silently missing; a job whose files are unreadable is an
+``unknown`` row that names the file.
 """
 
 from __future__ import annotations
@@ -16,14 +17,14 @@ import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 
 LN2 = math.log(2.0)
 NO_METRICS = "no metrics.json: the job is still running or was killed before writing it (see its train.log)"
 NOT_STARTED = "no job directory: the sweep stopped before launching it"
-NOT_OK = ("failed", "incomplete", "not started")
+NOT_OK = ("failed", "incomplete", "unknown", "not started")
 
 
 @dataclass
@@ -56,22 +57,54 @@ class Job:
 
 
 # ------------------------------------------------------------------ reading
+class Unreadable(ValueError):
+    """A job file that exists but does not hold what it should (torn write, hand edit, wrong file)."""
+
+
 def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+    """The JSON object in ``path``; ``None`` if there is no such file; :class:`Unreadable` if it is not one."""
+    if not path.is_file():
         return None
+    try:
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError) as e:
+        raise Unreadable(f"{path.name} is not valid JSON ({_first_line(e)})") from None
+    if not isinstance(data, dict):
+        kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(type(data), "a number")
+        raise Unreadable(f"{path.name} holds {kind}, not a JSON object")
+    return data
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     rows = []
     if path.is_file():
-        for line in path.read_text().splitlines():
+        try:
+            text = path.read_text(errors="replace")
+        except OSError:
+            return rows
+        for line in text.splitlines():
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except ValueError:
                 continue  # a torn last line of a killed job
+            if isinstance(row, dict):  # anything else is not a metrics row
+                rows.append(row)
     return rows
+
+
+def _read_yaml(path: Path) -> Any:
+    """Parsed YAML; ``None`` if the file is missing; :class:`Unreadable` if it does not parse."""
+    if not path.is_file():
+        return None
+    try:
+        return yaml.safe_load(path.read_text(errors="replace"))
+    except (OSError, yaml.YAMLError) as e:
+        raise Unreadable(f"{path.name} is not readable YAML ({_first_line(e)})") from None
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
 
 
 def _parse_overrides(items: list[str]) -> dict[str, str]:
@@ -84,26 +117,45 @@ def _parse_overrides(items: list[str]) -> dict[str, str]:
     return out
 
 
-def read_job(job_dir: Path) -> Job:
-    hydra_dir = job_dir / ".hydra"
-    overrides = _parse_overrides(yaml.safe_load((hydra_dir / "overrides.yaml").read_text()) or [])
-    num = None
-    hydra_cfg = hydra_dir / "hydra.yaml"
-    if hydra_cfg.is_file():
-        num = (yaml.safe_load(hydra_cfg.read_text()) or {}).get("hydra", {}).get("job", {}).get("num")
+def _job_num(job_dir: Path) -> int | None:
+    try:
+        hydra_cfg = _read_yaml(job_dir / ".hydra" / "hydra.yaml")
+    except Unreadable:
+        hydra_cfg = None  # the number is also in the folder name
+    num = hydra_cfg.get("hydra", {}).get("job", {}).get("num") if isinstance(hydra_cfg, dict) else None
     if not isinstance(num, int):
         head = job_dir.name.split("_", 1)[0]
         num = int(head) if head.isdigit() else None
+    return num
+
+
+def read_job(job_dir: Path) -> Job:
+    """One row, never an exception: an unreadable ``metrics.json`` makes the job ``unknown``, and every
+    unreadable file is named in its error."""
+    num = _job_num(job_dir)
+    try:
+        items = _read_yaml(job_dir / ".hydra" / "overrides.yaml") or []
+        if not isinstance(items, list):
+            raise Unreadable("overrides.yaml is not a list of overrides")
+        bad_overrides = ""
+    except Unreadable as e:  # the row still shows the job's outcome, just not what it swept
+        items, bad_overrides = [], str(e)
+    overrides = _parse_overrides(items)
 
     rows = _read_jsonl(job_dir / "metrics.jsonl")
-    final = _read_json(job_dir / "metrics.json")
+    try:
+        final = _read_json(job_dir / "metrics.json")
+        torn = ""
+    except Unreadable as e:  # the outcome is unknown: show the last logged values, and why
+        final, torn = None, str(e) + ("; showing the last values in metrics.jsonl" if rows else "")
     if final is None:  # show what it had reached: the last logged values
         metrics: dict[str, Any] = {}
         for row in rows:
             metrics.update(row)
-        status, error = "incomplete", NO_METRICS
+        status, error = ("unknown", torn) if torn else ("incomplete", NO_METRICS)
     else:
         metrics, status, error = final, str(final.get("status", "completed")), str(final.get("error") or "")
+    error = "; ".join(e for e in (bad_overrides, error) if e)
     if "parameters" not in metrics:
         metrics["parameters"] = _count_parameters(job_dir)
     curve = [r for r in rows if "val_bpb" in r]
@@ -126,27 +178,34 @@ def _count_parameters(job_dir: Path) -> int | None:
         return None
 
 
+def _multirun_hydra(sweep_dir: Path) -> dict[str, Any]:
+    """The ``hydra:`` section of ``multirun.yaml``; empty when it is missing or unreadable."""
+    try:
+        data = _read_yaml(sweep_dir / "multirun.yaml")
+    except Unreadable:
+        return {}
+    hydra_cfg = data.get("hydra") if isinstance(data, dict) else None
+    return hydra_cfg if isinstance(hydra_cfg, dict) else {}
+
+
 def planned_jobs(sweep_dir: Path) -> list[list[str]] | None:
     """The overrides of every job Hydra's basic sweeper planned (from ``multirun.yaml``), in launch order.
 
     Expanded by Hydra's own sweep parser; ``None`` where that is unavailable (another sweeper, no file).
     """
-    path = sweep_dir / "multirun.yaml"
-    if not path.is_file():
-        return None
-    hydra_cfg = (yaml.safe_load(path.read_text()) or {}).get("hydra", {})
+    hydra_cfg = _multirun_hydra(sweep_dir)
     sweeper = hydra_cfg.get("sweeper") or {}
-    if not str(sweeper.get("_target_", "")).endswith(".BasicSweeper"):
+    if not isinstance(sweeper, dict) or not str(sweeper.get("_target_", "")).endswith(".BasicSweeper"):
         return None
-    args = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
-    args += [a for a in hydra_cfg.get("overrides", {}).get("task") or []]
     try:
         from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
         from hydra.core.override_parser.overrides_parser import OverridesParser
 
+        args = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
+        args += [str(a) for a in hydra_cfg.get("overrides", {}).get("task") or []]
         overrides = OverridesParser.create().parse_overrides(args)
         return [job for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
-    except Exception:  # a Hydra version without these internals: report what is on disk
+    except Exception:  # a Hydra version without these internals, or a hand-edited file: report what is on disk
         return None
 
 
@@ -171,10 +230,9 @@ def swept_keys(jobs: list[Job]) -> tuple[list[str], dict[str, str]]:
 
 def sweep_command(sweep_dir: Path) -> str | None:
     """The launching command, rebuilt from the ``multirun.yaml`` Hydra's basic sweeper writes."""
-    path = sweep_dir / "multirun.yaml"
-    if not path.is_file():
+    over = _multirun_hydra(sweep_dir).get("overrides")
+    if not isinstance(over, dict):
         return None
-    over = (yaml.safe_load(path.read_text()) or {}).get("hydra", {}).get("overrides", {})
     args = [a for a in (*(over.get("hydra") or []), *(over.get("task") or [])) if a != "hydra.mode=MULTIRUN"]
     return "python -m lfbyte.train -m " + " ".join(shlex.quote(str(a)) for a in args)
 
@@ -290,7 +348,7 @@ def write_plot(jobs: list[Job], swept: list[str], by: str | None, x_key: str, ti
             xs, ys = zip(*pts, strict=True)
             ax_t.plot(xs, [float(y) for y in ys], marker=".", label=_label(j, swept))
     ax_t.set(xlabel="training time (s)", ylabel="val bits/byte", title="validation during training")
-    if ok:
+    if ax_t.lines:  # a legend with no lines is a matplotlib warning on stderr
         ax_t.legend(fontsize=7)
 
     groups: dict[str, list[Job]] = {}
@@ -305,7 +363,7 @@ def write_plot(jobs: list[Job], swept: list[str], by: str | None, x_key: str, ti
     if x_key == "parameters":
         ax_p.set_xscale("log")
     ax_p.set(xlabel=x_key.replace("_", " "), ylabel="final val bits/byte", title=f"final val bits/byte vs {x_key}")
-    if groups:
+    if ax_p.lines:
         ax_p.legend(fontsize=8)
     failed = len(jobs) - len(ok)
     fig.suptitle(f"{title}: {len(ok)} jobs plotted" + (f", {failed} not completed (not plotted)" if failed else ""))
@@ -328,6 +386,8 @@ def report(sweep_dir: str | Path, out_dir: str | Path | None = None, by: str | N
         raise FileNotFoundError(f"no Hydra job directories (with .hydra/overrides.yaml) under {sweep_dir}; "
                                 "pass a multirun dir such as outputs/multirun/<time>")
     out = Path(out_dir) if out_dir else sweep_dir
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; pass a folder to write report.md, report.csv and report.png into")
     out.mkdir(parents=True, exist_ok=True)
     swept, common = swept_keys(jobs)
     if by is None and swept:  # the swept key with fewest values gives the fewest, longest lines
@@ -342,8 +402,16 @@ def report(sweep_dir: str | Path, out_dir: str | Path | None = None, by: str | N
     return rows
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad command line is one ``error:`` line (not usage + error), like the other entry points."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {message}; see {self.prog} --help", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lfbyte.report", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="python -m lfbyte.report", description=__doc__.splitlines()[0])
     parser.add_argument("sweep_dir", help="a multirun directory, e.g. outputs/multirun/2026-01-01_12-00-00")
     parser.add_argument("--out", help="where to write report.{md,csv,png} (default: the sweep dir)")
     parser.add_argument("--by", help="override whose values get one line each in the plot (default: the swept "
@@ -354,8 +422,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         rows = report(args.sweep_dir, args.out, args.by, args.x_key, plot=not args.no_plot)
-    except (FileNotFoundError, ValueError) as e:
+    except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno is None:  # report()'s own message: no sweep there
+            print(f"error: {e}", file=sys.stderr)
+        else:  # the OS refused a write, e.g. a read-only folder
+            print(f"error: cannot write the report to {args.out or args.sweep_dir}: {e.strerror or e}; "
+                  "pass --out <a writable folder>", file=sys.stderr)
         return 2
     out = Path(args.out or args.sweep_dir)
     bad = sum(r["status"] in NOT_OK for r in rows)
