@@ -24,6 +24,7 @@ import torch
 from .errors import CheckpointError
 
 STEP_RE = re.compile(r"^step_(\d+)\.pth$")
+_TORCH_ADVICE = ("Weights only load failed", "Please file an issue", "Check the documentation")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -123,10 +124,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - every failure mode becomes one clear line
         lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
-        first = lines[0]
-        if "Weights only load failed" in first or "Unsupported global" in str(e):
-            # the line that names the refused global, not torch's advice to turn the safety off
-            why = next((line for line in lines if "GLOBAL" in line or "Unsupported" in line), first)
+        # torch wraps the cause in advice (turn the safety off, file an issue); keep the cause
+        first = next((line for line in lines if not line.startswith(_TORCH_ADVICE)), lines[0])
+        # a pickle that names a global (a class, a function) is refused; any other unpickling failure
+        # ("Unsupported operand", a bad zip) is damage
+        why = next((line for line in lines if "GLOBAL" in line or "Unsupported global" in line), None)
+        if why is not None:
             raise CheckpointError(
                 f"refusing to load {path}: it contains objects other than tensors and plain "
                 f"data ({why[:160]}); only load checkpoints you trust, re-saved as state dicts"

@@ -171,6 +171,7 @@ def test_resume_auto_with_only_unloadable_checkpoints_refuses_to_overwrite_them(
     _assert_one_error(proc, f"error: trainer.resume=auto: no checkpoint in {ckpts} could be loaded (see the "
                             "warnings above); move them away to start fresh, or give trainer.resume=<path to a "
                             "good checkpoint>")
+    assert f"warning: checkpoint {ckpts / 'step_0000100.pth'} is corrupt or truncated (Unsupported operand" in proc.stderr
     assert (ckpts / "step_0000100.pth").read_bytes() == b"\x80\x02 torn"
     assert sorted(p.name for p in ckpts.iterdir()) == ["step_0000100.pth"]
 
