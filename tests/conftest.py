@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import subprocess
 import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -90,3 +95,64 @@ def run_cli(module: str, *args: str, timeout: float = 300, check: bool = False) 
     if check and proc.returncode != 0:
         raise AssertionError(f"{module} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+@contextmanager
+def serve_app(log_path: Path, *args: str, timeout: float = 180) -> Iterator[str]:
+    """``python -m lfbyte.app`` on a free loopback port until the block ends; yields its URL."""
+    from lfbyte.distributed import free_port
+
+    port = free_port()
+    env = {**cli_env(), "GRADIO_ANALYTICS_ENABLED": "False"}
+    env.pop("GRADIO_ALLOWED_PATHS", None)  # the app's own rules, not an operator's widening of them
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "lfbyte.app", f"server_port={port}", "num_threads=1", *args],
+                                cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"app exited with {proc.returncode}:\n{log_path.read_text()}")
+            try:
+                with urllib.request.urlopen(url, timeout=5) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"app did not start in {timeout:.0f} s:\n{log_path.read_text()}")
+            time.sleep(0.3)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def assert_one_error(proc: subprocess.CompletedProcess, expected: str | re.Pattern, quiet: bool = False) -> None:
+    """A CLI that refused bad input: exit 2, no traceback, exactly one ``error:`` line on stderr
+    (equal to ``expected``, or matching it in full). ``quiet``: stderr is only that line, stdout empty."""
+    assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.splitlines() if quiet else [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
+    assert len(lines) == 1, proc.stderr
+    if quiet:
+        assert proc.stdout == ""
+    if isinstance(expected, re.Pattern):
+        assert expected.fullmatch(lines[0]), lines[0]
+    else:
+        assert lines[0] == expected
+
+
+class EvilPickle:
+    """Unpickling this runs a shell command: what a hostile checkpoint would do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (os.system, (f"touch {self.marker}",))

@@ -6,10 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +15,7 @@ import yaml
 
 from lfbyte.train import train
 
-from .conftest import REPO, cli_env, compose_cfg, run_cli, tiny_overrides
+from .conftest import compose_cfg, run_cli, serve_app, tiny_overrides
 
 CHROMIUM = Path("/usr/bin/chromium")
 PROMPT = "Once upon a time"
@@ -40,47 +36,13 @@ def runs_root(tmp_path_factory: pytest.TempPathFactory, text_file: Path) -> Path
     return root
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def app_url(runs_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``python -m lfbyte.app`` with no run_dir (so it picks the newest run), until the module ends."""
-    port = _free_port()
     log_path = tmp_path_factory.mktemp("app") / "server.log"
-    env = {**cli_env(), "GRADIO_ANALYTICS_ENABLED": "False"}
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "lfbyte.app", f"runs_root={runs_root}", f"server_port={port}", "num_threads=1"],
-            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"app exited with {proc.returncode}:\n{log_path.read_text()}")
-            try:
-                with urllib.request.urlopen(url, timeout=5) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"app did not start in 180 s:\n{log_path.read_text()}")
-            time.sleep(0.5)
+    with serve_app(log_path, f"runs_root={runs_root}") as url:
         assert f"serving the newest run: {runs_root / 'good'}" in log_path.read_text()
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def _client(url: str):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -19,7 +18,6 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -30,7 +28,7 @@ from lfbyte.checkpoint import save_checkpoint
 from lfbyte.generate import CONF_DIR
 from lfbyte.model import build_model
 
-from .conftest import REPO, cli_env, run_cli
+from .conftest import REPO, run_cli, serve_app
 
 TINY = {"arch": "lfbyte", "seq_len": 32, "embed_dim": 32, "num_layers": 1, "num_heads": 2, "adapt_dim": 8,
         "adapt_rank": 4, "chunk_size": 8, "num_experts": 2, "top_k": 1}
@@ -55,52 +53,10 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def _serve(run_dir: Path, log_path: Path, *args: str) -> Iterator[str]:
-    """``python -m lfbyte.app`` on a free loopback port until the block ends; yields its URL."""
-    port = _free_port()
-    env = {**cli_env(), "GRADIO_ANALYTICS_ENABLED": "False"}
-    env.pop("GRADIO_ALLOWED_PATHS", None)  # the app's own rules, not an operator's widening of them
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "lfbyte.app", f"run_dir={run_dir}", f"runs_root={run_dir.parent}",
-             f"server_port={port}", "num_threads=1", *args],
-            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"app exited with {proc.returncode}:\n{log_path.read_text()}")
-            try:
-                with urllib.request.urlopen(url, timeout=5) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"app did not start in 120 s:\n{log_path.read_text()}")
-            time.sleep(0.3)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 @pytest.fixture(scope="module")
 def app_url(run_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with _serve(run_dir, tmp_path_factory.mktemp("app-log") / "server.log") as url:
+    log = tmp_path_factory.mktemp("app-log") / "server.log"
+    with serve_app(log, f"run_dir={run_dir}", f"runs_root={run_dir.parent}") as url:
         yield url
 
 
@@ -149,7 +105,7 @@ def test_a_full_queue_turns_requests_away_with_a_message_and_keeps_serving(run_d
     the queue is full; then the server serves again."""
     from gradio_client.utils import QueueError
 
-    with _serve(run_dir, tmp_path / "server.log", "max_queue=2") as url:
+    with serve_app(tmp_path / "server.log", f"run_dir={run_dir}", f"runs_root={run_dir.parent}", "max_queue=2") as url:
         clients = [_client(url) for _ in range(7)]
         long = clients[0].submit("long", int(APP_CFG["max_length_cap"]), 0.8, 0, 1.0, 1, api_name="/generate")
         deadline = time.monotonic() + 60

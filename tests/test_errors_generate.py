@@ -5,7 +5,6 @@ model's window) gives a ``str``: the safe decoding of the prompt's bytes and the
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -30,7 +29,7 @@ from lfbyte.generate import (
 )
 from lfbyte.model import build_model
 
-from .conftest import REPO, cli_env
+from .conftest import REPO, EvilPickle, assert_one_error, cli_env
 from .conftest import run_cli as run_module
 
 # seq_len 32: prompts of 33+ bytes make the decoder slide its window
@@ -69,31 +68,15 @@ def _run_with_checkpoint(root: Path, content: bytes) -> tuple[Path, Path]:
     return root, ckpt
 
 
+def _refused(proc: subprocess.CompletedProcess, expected: str | re.Pattern) -> None:
+    assert_one_error(proc, expected, quiet=True)  # generate prints nothing else when it refuses
+
+
 def _generate(*args: str) -> subprocess.CompletedProcess:
     return run_module("lfbyte.generate", *args, timeout=120)
 
 
-def _assert_one_error(proc: subprocess.CompletedProcess, expected: str | re.Pattern) -> None:
-    """Exit 2, nothing on stdout, and stderr is exactly one ``error:`` line."""
-    assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert proc.stdout == ""
-    lines = proc.stderr.splitlines()
-    assert len(lines) == 1, proc.stderr
-    if isinstance(expected, re.Pattern):
-        assert expected.fullmatch(lines[0]), lines[0]
-    else:
-        assert lines[0] == expected
 
-
-class _Evil:
-    """Unpickling this runs a shell command: what a hostile checkpoint would do."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple:
-        return (os.system, (f"touch {self.marker}",))
 
 
 # ------------------------------------------------------------------------------ the CLI, end to end
@@ -108,17 +91,17 @@ def test_a_good_run_generates_so_the_errors_below_are_the_inputs(run_dir: Path) 
 
 
 def test_a_missing_run_dir_or_a_file_is_one_line(tmp_path: Path) -> None:
-    _assert_one_error(_generate(f"run_dir={tmp_path / 'nope'}"),
+    assert_one_error(_generate(f"run_dir={tmp_path / 'nope'}"),
                       f"error: run directory {tmp_path / 'nope'} does not exist; pass run_dir=<a folder under outputs/>")
     (tmp_path / "file").write_text("x")
-    _assert_one_error(_generate(f"run_dir={tmp_path / 'file'}"),
+    assert_one_error(_generate(f"run_dir={tmp_path / 'file'}"),
                       f"error: run directory {tmp_path / 'file'} is a file, not a folder; "
                       "pass run_dir=<a folder under outputs/>")
 
 
 def test_a_run_dir_without_checkpoints_is_one_line(tmp_path: Path) -> None:
     (tmp_path / "config.yaml").write_text(yaml.safe_dump({"model": TINY}))
-    _assert_one_error(_generate(f"run_dir={tmp_path}"),
+    assert_one_error(_generate(f"run_dir={tmp_path}"),
                       f"error: no checkpoint in {tmp_path / 'checkpoints'}; train the run first "
                       "(python -m lfbyte.train ...) or pass checkpoint=<path to a .pth file>")
 
@@ -126,24 +109,24 @@ def test_a_run_dir_without_checkpoints_is_one_line(tmp_path: Path) -> None:
 def test_a_truncated_checkpoint_and_a_foreign_torch_file_are_one_line(run_dir: Path, tmp_path: Path) -> None:
     whole = (run_dir / "checkpoints" / "last.pth").read_bytes()
     root, ckpt = _run_with_checkpoint(tmp_path / "truncated", whole[: len(whole) // 2])
-    _assert_one_error(_generate(f"run_dir={root}"),
+    assert_one_error(_generate(f"run_dir={root}"),
                       re.compile(rf"error: checkpoint {re.escape(str(ckpt))} is corrupt or truncated \(.+\)"))
     root, ckpt = _run_with_checkpoint(tmp_path / "foreign", b"")
     torch.save({"weights": torch.zeros(3)}, ckpt)  # loadable, but not a checkpoint
-    _assert_one_error(_generate(f"run_dir={root}"), f"error: {ckpt} is not an lfbyte checkpoint (no model_state_dict)")
+    assert_one_error(_generate(f"run_dir={root}"), f"error: {ckpt} is not an lfbyte checkpoint (no model_state_dict)")
 
 
 def test_a_malicious_pickle_is_refused_and_never_runs(tmp_path: Path) -> None:
     marker, control = tmp_path / "MARKER", tmp_path / "CONTROL"
     root, ckpt = _run_with_checkpoint(tmp_path / "evil", b"")
-    torch.save({"model_state_dict": _Evil(marker)}, ckpt)
+    torch.save({"model_state_dict": EvilPickle(marker)}, ckpt)
     # the payload is live: an unsafe load of the same object runs the command
-    torch.save({"model_state_dict": _Evil(control)}, tmp_path / "control.pth")
+    torch.save({"model_state_dict": EvilPickle(control)}, tmp_path / "control.pth")
     torch.load(tmp_path / "control.pth", weights_only=False)
     assert control.exists()
 
     proc = _generate(f"run_dir={root}")
-    _assert_one_error(proc, re.compile(
+    _refused(proc, re.compile(
         rf"error: refusing to load {re.escape(str(ckpt))}: it contains objects other than tensors and plain data "
         r"\([^)]*posix\.system[^)]*\); only load checkpoints you trust, re-saved as state dicts"))
     assert not marker.exists()
@@ -151,19 +134,19 @@ def test_a_malicious_pickle_is_refused_and_never_runs(tmp_path: Path) -> None:
 
 def test_bad_sampling_values_are_reported_together_before_the_load(run_dir: Path) -> None:
     proc = _generate(f"run_dir={run_dir}", "max_length=-1", "temperature=inf", "top_k=0", "top_p=1.5", "seed=abc")
-    _assert_one_error(proc, "error: max_length=-1 must be an integer >= 0; "
+    _refused(proc, "error: max_length=-1 must be an integer >= 0; "
                             "temperature=inf must be a finite number >= 0 (0 = greedy); "
                             "top_k=0 must be null or an integer >= 1; top_p=1.5 must be null or in (0, 1]; "
                             "seed='abc' must be null or an integer that fits in 64 bits")
     proc = _generate(f"run_dir={run_dir}", "max_length=abc", "temperature=-0.5", "top_k=2.5", "top_p=0")
-    _assert_one_error(proc, "error: max_length='abc' must be an integer >= 0; "
+    _refused(proc, "error: max_length='abc' must be an integer >= 0; "
                             "temperature=-0.5 must be a finite number >= 0 (0 = greedy); "
                             "top_k=2.5 must be null or an integer >= 1; top_p=0 must be null or in (0, 1]")
 
 
 def test_an_unknown_override_key_is_one_line_not_hydras_report(run_dir: Path) -> None:
     proc = _generate(f"run_dir={run_dir}", "max_lenght=5")
-    _assert_one_error(proc, "error: max_lenght is not a known option (did you mean max_length?); "
+    _refused(proc, "error: max_lenght is not a known option (did you mean max_length?); "
                             f"the options are {', '.join(GENERATE_OPTIONS)} (conf/generate.yaml)")
 
 

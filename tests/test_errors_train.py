@@ -27,34 +27,13 @@ from lfbyte.errors import CheckpointError, LFByteError
 from lfbyte.train import train
 from lfbyte.trainer import Trainer
 
-from .conftest import REPO, cli_env, compose_cfg, run_cli, tiny_overrides
+from .conftest import REPO, EvilPickle, assert_one_error, cli_env, compose_cfg, run_cli, tiny_overrides
 
 KEYS_HINT = "python -m lfbyte.train --cfg job prints every key"
 
 
 def _cli(tmp_path: Path, text_file: Path, *args: str, **extra: object) -> subprocess.CompletedProcess:
     return run_cli("lfbyte.train", f"hydra.run.dir={tmp_path / 'run'}", *tiny_overrides(text_file, **extra), *args)
-
-
-def _assert_one_error(proc: subprocess.CompletedProcess, expected: str | re.Pattern) -> None:
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert "Traceback" not in proc.stdout + proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, proc.stderr
-    if isinstance(expected, re.Pattern):
-        assert expected.fullmatch(errors[0]), errors[0]
-    else:
-        assert errors[0] == expected
-
-
-class _Evil:
-    """Unpickling this runs a shell command: what a hostile checkpoint would do."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple:
-        return (os.system, (f"touch {self.marker}",))
 
 
 # ---------------------------------------------------------------- command line
@@ -79,12 +58,12 @@ class _Evil:
 def test_bad_command_lines_are_one_line(tmp_path: Path, text_file: Path, args: list[str], expected: str | None) -> None:
     if expected is None:  # a window longer than the validation split
         proc = _cli(tmp_path, text_file, *args, **{"data.val_fraction": 0.01})
-        _assert_one_error(proc, re.compile(
+        assert_one_error(proc, re.compile(
             rf"error: corpus '{re.escape(str(text_file))}' has [\d,]+ tokens; with data.val_fraction=0.01 each split "
             r"needs at least seq_len\+1=4097: add data, lower model.seq_len or change data.val_fraction"))
         return
     proc = _cli(tmp_path, text_file, *args)
-    _assert_one_error(proc, expected)
+    assert_one_error(proc, expected)
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
@@ -100,21 +79,21 @@ def test_several_problems_are_one_line_each(tmp_path: Path, text_file: Path) -> 
 def test_more_workers_than_cores_or_a_missing_gpu_is_refused_before_spawning(tmp_path: Path, text_file: Path) -> None:
     n = usable_cpus() + 1
     proc = _cli(tmp_path, text_file, "distributed=ddp", f"distributed.nproc_per_node={n}")
-    _assert_one_error(proc, f"error: distributed.nproc_per_node={n} but this machine has {n - 1} CPU core(s); "
+    assert_one_error(proc, f"error: distributed.nproc_per_node={n} but this machine has {n - 1} CPU core(s); "
                             f"CPU workers need a core each: use distributed.nproc_per_node={n - 1} or less")
     if not torch.cuda.is_available():
         proc = _cli(tmp_path, text_file, **{"trainer.device": "cuda", "trainer.precision": "bf16"})
-        _assert_one_error(proc, "error: trainer.device=cuda but no GPU is visible; use trainer.device=cpu")
+        assert_one_error(proc, "error: trainer.device=cuda but no GPU is visible; use trainer.device=cpu")
 
 
 def test_unwritable_output_paths_fail_before_training(tmp_path: Path, text_file: Path) -> None:
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
     proc = run_cli("lfbyte.train", f"hydra.run.dir={blocker}/run", *tiny_overrides(text_file))
-    _assert_one_error(proc, f"error: hydra.run.dir={blocker}/run cannot be created: {blocker} is a file, "
+    assert_one_error(proc, f"error: hydra.run.dir={blocker}/run cannot be created: {blocker} is a file, "
                             "not a folder; choose another path")
     proc = _cli(tmp_path, text_file, f"trainer.save_path={blocker}/ckpt")
-    _assert_one_error(proc, f"error: cannot write to trainer.save_path {blocker}/ckpt: Not a directory; "
+    assert_one_error(proc, f"error: cannot write to trainer.save_path {blocker}/ckpt: Not a directory; "
                             "point it at a writable folder with free space")
     assert blocker.read_text() == "not a folder"
     assert not (tmp_path / "run" / "metrics.jsonl").exists()  # refused before the first step
@@ -126,9 +105,9 @@ def test_unwritable_output_paths_fail_before_training(tmp_path: Path, text_file:
 def test_a_malicious_checkpoint_is_refused_and_never_runs(tmp_path: Path, text_file: Path) -> None:
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.pth"
-    torch.save({"model_state_dict": {}, "payload": _Evil(marker)}, evil)
+    torch.save({"model_state_dict": {}, "payload": EvilPickle(marker)}, evil)
     proc = _cli(tmp_path, text_file, f"trainer.resume={evil}")
-    _assert_one_error(proc, re.compile(
+    assert_one_error(proc, re.compile(
         rf"error: refusing to load {re.escape(str(evil))}: it contains objects other than tensors and plain data "
         r"\(.*system.*\); only load checkpoints you trust, re-saved as state dicts"))
     assert not marker.exists()
@@ -168,7 +147,7 @@ def test_resume_auto_with_only_unloadable_checkpoints_refuses_to_overwrite_them(
     ckpts.mkdir(parents=True)
     (ckpts / "step_0000100.pth").write_bytes(b"\x80\x02 torn")
     proc = _cli(tmp_path, text_file, **{"trainer.resume": "auto"})
-    _assert_one_error(proc, f"error: trainer.resume=auto: no checkpoint in {ckpts} could be loaded (see the "
+    assert_one_error(proc, f"error: trainer.resume=auto: no checkpoint in {ckpts} could be loaded (see the "
                             "warnings above); move them away to start fresh, or give trainer.resume=<path to a "
                             "good checkpoint>")
     assert f"warning: checkpoint {ckpts / 'step_0000100.pth'} is corrupt or truncated (Unsupported operand" in proc.stderr
@@ -190,7 +169,7 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path: Path, te
          *tiny_overrides(text_file, **{"trainer.max_steps": 8, "trainer.resume": "auto"})],
         cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=300, preexec_fn=small_disk,
     )
-    _assert_one_error(proc, f"error: could not write checkpoint {run / 'checkpoints' / 'step_0000008.pth'}: File too "
+    assert_one_error(proc, f"error: could not write checkpoint {run / 'checkpoints' / 'step_0000008.pth'}: File too "
                             "large; free disk space or set trainer.save_path to a writable folder")
     assert "resumed from" in proc.stdout
     names = sorted(p.name for p in (run / "checkpoints").iterdir())
@@ -264,7 +243,7 @@ def test_too_many_skips_in_a_row_stop(tmp_path: Path, text_file: Path) -> None:
 
 def test_diverging_run_from_the_cli_is_one_line(tmp_path: Path, text_file: Path) -> None:
     proc = _cli(tmp_path, text_file, **{"optimizer.lr": 1e30, "optimizer.warmup_steps": 0})
-    _assert_one_error(proc, "error: non-finite loss nan at step 2; the update was not applied and no checkpoint had "
+    assert_one_error(proc, "error: non-finite loss nan at step 2; the update was not applied and no checkpoint had "
                             "been written yet. Lower optimizer.lr, use trainer.precision=fp32, or set "
                             "trainer.on_nonfinite=skip")
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == "failed"
