@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from .errors import ConfigError
 from .precision import PRECISIONS
@@ -21,6 +22,7 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 SCHEDULES = ("cosine", "linear", "constant")
 STRATEGIES = ("none", "ddp")
 NONFINITE = ("stop", "skip")
+BACKENDS = ("auto", "gloo", "nccl")
 # Groups whose keys are fixed by the files in conf/<group>/; model options are checked by the model itself.
 CHECKED_GROUPS = ("data", "optimizer", "distributed", "trainer", "logger")
 TOP_LEVEL = ("model", *CHECKED_GROUPS, "seed")
@@ -35,7 +37,9 @@ def to_plain(cfg: DictConfig | dict) -> dict[str, Any]:
         register_resolvers()
         try:
             cfg = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
-        except OmegaConfBaseException as e:  # e.g. prompt=${nosuch}, a ??? left unset
+        except MissingMandatoryValue as e:  # a ??? in conf/, e.g. data=bytes has no default path
+            raise ConfigError(f"{e.full_key} must be set: add {e.full_key}=... to the command line") from None
+        except OmegaConfBaseException as e:  # e.g. prompt=${nosuch}
             key = getattr(e, "full_key", None)
             where = f"{key}: " if key else ""
             raise ConfigError(f"{where}{str(e).strip().splitlines()[0]}; write a literal $ as \\$") from None
@@ -86,6 +90,10 @@ def _is_int(v: Any, lo: int = 1) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v >= lo
 
 
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
 def validate(cfg: dict[str, Any]) -> None:
     """Raise ConfigError with one line per problem, each naming the key and the allowed range."""
     p: list[str] = []
@@ -121,6 +129,16 @@ def validate(cfg: dict[str, Any]) -> None:
     _check(p, t.get("max_grad_norm") is None or (isinstance(t["max_grad_norm"], (int, float)) and t["max_grad_norm"] >= 0),
            f"trainer.max_grad_norm={t.get('max_grad_norm')!r} must be null or >= 0")
     _check(p, t.get("device") in ("auto", "cpu", "cuda"), f"trainer.device={t.get('device')!r} must be auto, cpu or cuda")
+    for key in ("num_threads", "stop_at_step"):
+        _check(p, t.get(key) is None or _is_int(t.get(key)), f"trainer.{key}={t.get(key)!r} must be null or an integer >= 1")
+    _check(p, _is_int(t.get("sample_length", 0), 0), f"trainer.sample_length={t.get('sample_length')!r} must be an "
+                                                      "integer >= 0 (0: no samples)")
+    _check(p, t.get("peak_tflops") is None or (_is_num(t["peak_tflops"]) and t["peak_tflops"] > 0),
+           f"trainer.peak_tflops={t.get('peak_tflops')!r} must be null or TFLOP/s > 0")
+    for key in ("compile", "progress"):
+        _check(p, isinstance(t.get(key, False), bool), f"trainer.{key}={t.get(key)!r} must be true or false")
+    for key in ("resume", "save_path", "sample_prompt"):
+        _check(p, t.get(key) is None or isinstance(t[key], str), f"trainer.{key}={t.get(key)!r} must be null or a string")
     _check(p, t.get("on_nonfinite", "stop") in NONFINITE,
            f"trainer.on_nonfinite={t.get('on_nonfinite')!r} must be one of {list(NONFINITE)}")
     _check(p, _is_int(t.get("max_skipped_steps", 1)),
@@ -134,10 +152,21 @@ def validate(cfg: dict[str, Any]) -> None:
     _check(p, isinstance(o.get("weight_decay"), (int, float)) and o["weight_decay"] >= 0,
            f"optimizer.weight_decay={o.get('weight_decay')!r} must be >= 0")
 
+    betas = o.get("betas")
+    _check(p, isinstance(betas, list) and len(betas) == 2 and all(_is_num(b) and 0 <= b < 1 for b in betas),
+           f"optimizer.betas={betas!r} must be two numbers in [0, 1), e.g. [0.9, 0.95]")
+    _check(p, _is_num(o.get("eps")) and o["eps"] > 0, f"optimizer.eps={o.get('eps')!r} must be > 0")
+    _check(p, _is_int(cfg.get("seed", 0), 0), f"seed={cfg.get('seed')!r} must be an integer >= 0")
+
     vf = d.get("val_fraction")
     _check(p, isinstance(vf, (int, float)) and 0 < vf < 1, f"data.val_fraction={vf!r} must be in (0, 1)")
     _check(p, dist.get("strategy") in STRATEGIES, f"distributed.strategy={dist.get('strategy')!r} must be one of {list(STRATEGIES)}")
     _check(p, _is_int(dist.get("nproc_per_node")), f"distributed.nproc_per_node={dist.get('nproc_per_node')!r} must be an integer >= 1")
+    _check(p, dist.get("backend", "auto") in BACKENDS,
+           f"distributed.backend={dist.get('backend')!r} must be one of {list(BACKENDS)}")
+    port = dist.get("master_port")
+    _check(p, port is None or (_is_int(port) and port <= 65535),
+           f"distributed.master_port={port!r} must be null (a free port) or an integer in 1..65535")
     p += _unknown_keys(cfg)
     if not p:
         p += _hardware_problems(t, dist)
@@ -192,23 +221,26 @@ def check_output_dir(path: str | Path, what: str) -> None:
         raise ConfigError(f"{what}={path} cannot be created: {p} is not writable; choose another path")
 
 
-def check_overrides(config_name: str, argv: Sequence[str], *, flat: bool = False) -> DictConfig | None:
+def check_overrides(
+    config_name: str, argv: Sequence[str], *, flat: bool = False, check: Callable[[dict], None] | None = None
+) -> None:
     """Compose the config the command line asks for, and turn Hydra's multi-line errors into one line.
 
     Runs before ``@hydra.main`` (exit code 1 and several lines otherwise): a typo in a key, a group
     option that does not exist, an override that does not parse, or an uncreatable run/sweep dir is
-    a :class:`ConfigError`. A multirun's sweep overrides are checked with their first value.
+    a :class:`ConfigError`. In a multirun (``-m``, or a config that sets ``hydra.mode: MULTIRUN``)
+    every value of every swept key is composed, and ``check`` (the entry point's own validation) runs
+    on each, so a bad job stops the sweep before the first job trains.
     ``flat`` configs (generate, app) have every option as a key of their one file, so a key added
     with ``+`` (which Hydra would accept and the program ignore) or removed with ``~`` is refused too.
     """
-    from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException, MissingConfigException, OverrideParseException
+    from hydra.errors import OverrideParseException
+    from hydra.types import RunMode
 
     if any(a.split("=", 1)[0] in _PASS_THROUGH for a in argv):
-        return None  # --help, --cfg job, ...: Hydra's own modes
-    multirun = any(a in ("-m", "--multirun") for a in argv)
+        return  # --help, --cfg job, ...: Hydra's own modes
     raw = [a for a in argv if not a.startswith("-")]
     parser = OverridesParser.create()
     parsed = []
@@ -218,27 +250,53 @@ def check_overrides(config_name: str, argv: Sequence[str], *, flat: bool = False
         except OverrideParseException as e:
             raise ConfigError(f"cannot parse the override {arg!r}: {str(e).strip().splitlines()[0]} (quote "
                               "values with spaces, commas or brackets: key=\"'a, b'\")") from None
-    overrides = []
-    for text, o in zip(raw, parsed, strict=True):
-        if multirun and o.is_sweep_override():
+    sweeps: dict[int, list[str]] = {}
+    for i, o in enumerate(parsed):
+        if o.is_sweep_override():
             try:
-                first = next(iter(o.sweep_string_iterator()))
+                sweeps[i] = [f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()]
             except Exception:  # noqa: BLE001 - e.g. an Optuna interval(): the sweeper checks it
-                continue
-            text = f"{o.get_key_element()}={first}"
-        overrides.append(text)
+                sweeps[i] = []
+    plain = [a for i, a in enumerate(raw) if i not in sweeps]
     known = _flat_keys(config_name) if flat else None
     GlobalHydra.instance().clear()
     try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            try:
-                cfg = compose(config_name, overrides=overrides, return_hydra_config=not flat)
-            except MissingConfigException as e:
-                raise ConfigError(_missing_option(str(e))) from None
-            except HydraException as e:
-                raise ConfigError(_override_problem(str(e), config_name, overrides, known)) from None
+        firsts = [v[0] for v in sweeps.values() if v]
+        cfg = _compose(config_name, plain + firsts, flat, known)
+        multirun = any(a in ("-m", "--multirun") for a in argv) or (
+            not flat and OmegaConf.select(cfg, "hydra.mode") == RunMode.MULTIRUN)
+        if sweeps and not multirun:
+            cfg = _compose(config_name, raw, flat, known)  # Hydra's own words for a sweep without -m
+        jobs: list[list[str]] = [firsts]
+        for i, values in sweeps.items():  # each value once (not the product: that can be huge)
+            jobs += [[v if j == i else w[0] for j, w in sweeps.items() if w] for v in values[1:]]
+        for swept in jobs:
+            job = cfg if swept is firsts else _compose(config_name, plain + swept, flat, known)
+            if check is not None:
+                _check_job(job, check, swept if multirun and swept else None)
     finally:
         GlobalHydra.instance().clear()
+    if not flat:
+        key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+        try:
+            out = OmegaConf.select(cfg, key)
+        except Exception as e:  # noqa: BLE001 - e.g. ${oc.env:NOPE}
+            raise ConfigError(f"{key}: {str(e).strip().splitlines()[0]}") from None
+        if isinstance(out, str):
+            check_output_dir(out, key)
+
+
+def _compose(config_name: str, overrides: list[str], flat: bool, known: list[str] | None) -> DictConfig:
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException, MissingConfigException
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        try:
+            cfg = compose(config_name, overrides=overrides, return_hydra_config=not flat)
+        except MissingConfigException as e:
+            raise ConfigError(_missing_option(str(e))) from None
+        except HydraException as e:
+            raise ConfigError(_override_problem(str(e), config_name, overrides, known)) from None
     if known is not None:
         for key in cfg:
             if key not in known:
@@ -246,18 +304,19 @@ def check_overrides(config_name: str, argv: Sequence[str], *, flat: bool = False
         for key in known:
             if key not in cfg:
                 raise ConfigError(f"{key} cannot be removed (~{key}); set it instead, e.g. {key}=null")
-        return cfg
-    from hydra.types import RunMode
-
-    multirun = multirun or OmegaConf.select(cfg, "hydra.mode") == RunMode.MULTIRUN
-    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
-    try:
-        out = OmegaConf.select(cfg, key)
-    except Exception:  # noqa: BLE001 - interpolations only Hydra's own run can resolve
-        out = None
-    if isinstance(out, str):
-        check_output_dir(out, key)
     return cfg
+
+
+def _check_job(cfg: DictConfig, check: Callable[[dict], None], overrides: list[str] | None) -> None:
+    """The entry point's validation on one composed job (without the hydra node, which only a run resolves)."""
+    job = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    try:
+        check(to_plain(job))
+    except ConfigError as e:
+        if overrides is None:
+            raise
+        where = f"in the sweep job with {' '.join(overrides)}: "
+        raise ConfigError("\n".join(where + line for line in str(e).splitlines())) from None
 
 
 def _flat_keys(config_name: str) -> list[str]:

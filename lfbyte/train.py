@@ -91,7 +91,7 @@ def main(cfg: DictConfig) -> float:
 def cli() -> None:
     """``python -m lfbyte.train``: check the command line in one line, then hand it to Hydra."""
     try:
-        check_overrides("train", sys.argv[1:])
+        check_overrides("train", sys.argv[1:], check=validate)
     except ConfigError as e:
         exit_with(e)
     main()

@@ -21,9 +21,9 @@ import pytest
 import torch
 
 from lfbyte.checkpoint import load_checkpoint
-from lfbyte.config import usable_cpus
+from lfbyte.config import check_overrides, to_plain, usable_cpus, validate
 from lfbyte.distributed import DistInfo, spawn
-from lfbyte.errors import CheckpointError, LFByteError
+from lfbyte.errors import CheckpointError, ConfigError, LFByteError
 from lfbyte.train import train
 from lfbyte.trainer import Trainer
 
@@ -65,6 +65,72 @@ def test_bad_command_lines_are_one_line(tmp_path: Path, text_file: Path, args: l
     proc = _cli(tmp_path, text_file, *args)
     assert_one_error(proc, expected)
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "line"),
+    [
+        ("seed=-1", "seed=-1 must be an integer >= 0"),
+        ("optimizer.betas=[2,3]", "optimizer.betas=[2, 3] must be two numbers in [0, 1), e.g. [0.9, 0.95]"),
+        ("optimizer.eps=-1", "optimizer.eps=-1 must be > 0"),
+        ("trainer.num_threads=-1", "trainer.num_threads=-1 must be null or an integer >= 1"),
+        ("trainer.stop_at_step=abc", "trainer.stop_at_step='abc' must be null or an integer >= 1"),
+        ("trainer.peak_tflops=abc", "trainer.peak_tflops='abc' must be null or TFLOP/s > 0"),
+        ("trainer.sample_length=-5", "trainer.sample_length=-5 must be an integer >= 0 (0: no samples)"),
+        ("trainer.compile=maybe", "trainer.compile='maybe' must be true or false"),
+        ("distributed.backend=bogus", "distributed.backend='bogus' must be one of ['auto', 'gloo', 'nccl']"),
+        ("distributed.master_port=99999",
+         "distributed.master_port=99999 must be null (a free port) or an integer in 1..65535"),
+        ("trainer.max_skipped_steps=0", "trainer.max_skipped_steps=0 must be an integer >= 1"),
+    ],
+)
+def test_every_value_is_checked_before_data_is_read(override: str, line: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        validate(to_plain(compose_cfg("model=tiny", override)))
+    assert str(info.value) == line
+
+
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (["-m", "model=tiny", "trainer.batch_size=2,0"],
+         "in the sweep job with trainer.batch_size=0: trainer.batch_size=0 must be an integer >= 1"),
+        (["-m", "model=tiny", "model.embed_dim=32,64", "model.num_heads=2,3"],
+         "in the sweep job with model.embed_dim=32 model.num_heads=3: model.embed_dim=32 must be divisible by "
+         "model.num_heads=3"),
+        (["-m", "model=tiny,smal"], "model=smal is not an option (did you mean small?); "
+                                    "choose one of: base, gpt_base, gpt_small, gpt_tiny, small, tiny"),
+        (["hparams_search=optuna", "model.num_layers=choice(2,0)"],  # the config itself says MULTIRUN
+         "in the sweep job with model.num_layers=0: model.num_layers=0 must be an integer >= 1"),
+        (["model.embed_dim=64,128"], "Ambiguous value for argument 'model.embed_dim=64,128'; 1. To use it as a list, "
+                                     "use key=[value1,value2]; 2. To use it as string, quote the value: "
+                                     "key='value1,value2'; 3. To sweep over it, add --multirun to your command line"),
+    ],
+)
+def test_every_value_of_a_sweep_is_checked_before_the_first_job(argv: list[str], line: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        check_overrides("train", argv, check=validate)
+    assert str(info.value) == line
+
+
+def test_sweeps_that_the_config_itself_declares_still_take_values_from_the_command_line() -> None:
+    check_overrides("train", ["hparams_search=optuna", "model.num_layers=choice(1,2)"], check=validate)
+    check_overrides("train", ["experiment=dims_sweep", "seed=1,2"], check=validate)
+    check_overrides("train", ["-m", "model=tiny,small", "optimizer.lr=1e-3,2e-3"], check=validate)
+
+
+def test_a_bad_sweep_job_stops_the_sweep_before_any_job_runs(tmp_path: Path, text_file: Path) -> None:
+    proc = run_cli("lfbyte.train", "-m", f"hydra.sweep.dir={tmp_path / 'sweep'}", *tiny_overrides(text_file),
+                   "trainer.batch_size=2,0")
+    assert_one_error(proc, "error: in the sweep job with trainer.batch_size=0: trainer.batch_size=0 must be an "
+                           "integer >= 1")
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_a_required_value_left_unset_names_the_key() -> None:
+    with pytest.raises(ConfigError) as info:
+        to_plain(compose_cfg("data=bytes"))  # bytes has no default corpus
+    assert str(info.value) == "data.path must be set: add data.path=... to the command line"
 
 
 def test_several_problems_are_one_line_each(tmp_path: Path, text_file: Path) -> None:
@@ -203,7 +269,7 @@ def test_nonfinite_gradient_stops_naming_the_step_and_keeps_the_checkpoint(tmp_p
     trainer.close()
     assert str(info.value) == (
         f"non-finite gradient norm inf at step 3; the update was not applied and the last good checkpoint (step 2) "
-        f"is kept in {tmp_path / 'checkpoints'}. Lower optimizer.lr, use trainer.precision=fp32, or set "
+        f"is kept in {tmp_path / 'checkpoints'}. Lower optimizer.lr, or set "
         "trainer.on_nonfinite=skip")
     ckpt = load_checkpoint(tmp_path / "checkpoints" / "last.pth")
     assert ckpt["trainer_state"]["step"] == 2
@@ -236,15 +302,55 @@ def test_too_many_skips_in_a_row_stop(tmp_path: Path, text_file: Path) -> None:
         text_file, **{"trainer.on_nonfinite": "skip", "trainer.max_skipped_steps": 2})))
     trainer = Trainer(cfg, tmp_path)
     _poison(trainer, {2, 3, 4})
-    with pytest.raises(LFByteError, match=r"^non-finite loss nan at 2 steps in a row \(up to step 3\); stopping"):
+    with pytest.raises(LFByteError) as info:
         trainer.fit()
     trainer.close()
+    assert str(info.value) == ("non-finite loss nan at 2 steps in a row (up to step 3); stopping, and no checkpoint "
+                               "had been written yet. Lower optimizer.lr")
+
+
+def test_fp16_scaler_skips_are_counted_and_stop_when_they_never_end(tmp_path: Path, text_file: Path) -> None:
+    """fp16 overflow is the GradScaler's to handle, but gradients that stay non-finite must not go unnoticed."""
+    cfg = train_cfg_plain(compose_cfg(*tiny_overrides(
+        text_file, **{"trainer.precision": "fp16", "trainer.max_steps": 20, "trainer.max_skipped_steps": 4,
+                      "trainer.checkpoint_interval": 2})))
+    trainer = Trainer(cfg, tmp_path)
+    _poison(trainer, set(range(3, 21)), where="grad")
+    with pytest.raises(LFByteError) as info:
+        trainer.fit()
+    trainer.close()
+    assert str(info.value) == (
+        f"non-finite gradient norm inf at 4 steps in a row (up to step 6); stopping, and the last good checkpoint "
+        f"(step 4) is kept in {tmp_path / 'checkpoints'}. Lower optimizer.lr or use trainer.precision=fp32 "
+        "(this run is fp16)")
+    assert trainer.scaler.get_scale() == 65536.0 / 2**3  # halved at each skip before the one that stopped it
+    ckpt = load_checkpoint(tmp_path / "checkpoints" / "last.pth")
+    assert all(torch.isfinite(v).all() for v in ckpt["model_state_dict"].values())
+
+
+def test_a_nonfinite_micro_batch_poisons_the_whole_accumulated_step(tmp_path: Path, text_file: Path) -> None:
+    cfg = train_cfg_plain(compose_cfg(*tiny_overrides(
+        text_file, **{"trainer.accumulation_steps": 2, "trainer.on_nonfinite": "skip", "trainer.max_steps": 3})))
+    trainer = Trainer(cfg, tmp_path)
+    calls = {"n": 0}
+
+    def second_micro_batch_of_step_2(module: torch.nn.Module, _inp: object, out: torch.Tensor) -> torch.Tensor:
+        if not module.training:
+            return out
+        calls["n"] += 1
+        return out * float("nan") if calls["n"] == 4 else out  # step 2 = micro-batches 3 and 4
+
+    trainer.model.embed.register_forward_hook(second_micro_batch_of_step_2)
+    result = trainer.fit()
+    trainer.close()
+    assert result["skipped_steps"] == 1 and result["step"] == 3
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
 
 
 def test_diverging_run_from_the_cli_is_one_line(tmp_path: Path, text_file: Path) -> None:
     proc = _cli(tmp_path, text_file, **{"optimizer.lr": 1e30, "optimizer.warmup_steps": 0})
     assert_one_error(proc, "error: non-finite loss nan at step 2; the update was not applied and no checkpoint had "
-                            "been written yet. Lower optimizer.lr, use trainer.precision=fp32, or set "
+                            "been written yet. Lower optimizer.lr, or set "
                             "trainer.on_nonfinite=skip")
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == "failed"
 
