@@ -274,32 +274,39 @@ class Trainer:
         health = torch.stack([loss_sum / self.accum, grad_norm.to(loss_sum.dtype)])
         all_reduce(health)
         loss, gnorm = (health / self.info.world_size).tolist()
-        # fp16: inf/NaN gradients are the GradScaler's business (it skips the step and lowers the scale).
-        if math.isfinite(loss) and (math.isfinite(gnorm) or self.precision == "fp16"):
+        if math.isfinite(loss) and math.isfinite(gnorm):
             self.scaler.step(self.optimizer)
             self.skipped_in_a_row = 0
+        elif math.isfinite(loss) and self.precision == "fp16":
+            # Overflowing fp16 gradients are the GradScaler's business: it skips the step and halves the
+            # scale (a few times while it calibrates). Counted, so that a run whose gradients stay
+            # non-finite stops after max_skipped_steps instead of silently never updating.
+            self.scaler.step(self.optimizer)
+            self._nonfinite(loss, gnorm, by_scaler=True)
         else:
             self._nonfinite(loss, gnorm)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         return loss, gnorm, stats
 
-    def _nonfinite(self, loss: float, grad_norm: float) -> None:
+    def _nonfinite(self, loss: float, grad_norm: float, by_scaler: bool = False) -> None:
         """A NaN/inf loss or gradient at the step being taken: the update is not applied."""
         step = self.step + 1
         what = f"loss {loss}" if not math.isfinite(loss) else f"gradient norm {grad_norm}"
         kept = (f"the last good checkpoint (step {self.saved_step}) is kept in {self.ckpt_dir}"
                 if self.saved_step is not None else "no checkpoint had been written yet")
-        if self.tc.get("on_nonfinite", "stop") == "stop":
-            raise LFByteError(f"non-finite {what} at step {step}; the update was not applied and {kept}. Lower "
-                              "optimizer.lr, use trainer.precision=fp32, or set trainer.on_nonfinite=skip")
+        advice = "lower optimizer.lr" + (f" or use trainer.precision=fp32 (this run is {self.precision})"
+                                         if self.precision != "fp32" else "")
+        if not by_scaler and self.tc.get("on_nonfinite", "stop") == "stop":
+            raise LFByteError(f"non-finite {what} at step {step}; the update was not applied and {kept}. "
+                              f"{advice[0].upper() + advice[1:]}, or set trainer.on_nonfinite=skip")
         self.skipped_steps += 1
         self.skipped_in_a_row += 1
         limit = int(self.tc.get("max_skipped_steps", 10))
         if self.skipped_in_a_row >= limit:
             raise LFByteError(f"non-finite {what} at {limit} steps in a row (up to step {step}); stopping, and "
-                              f"{kept}. Lower optimizer.lr or use trainer.precision=fp32")
-        if self.info.is_main:
+                              f"{kept}. {advice[0].upper() + advice[1:]}")
+        if self.info.is_main and not by_scaler:  # the scaler's calibration skips are routine: metrics only
             print(f"warning: non-finite {what} at step {step}; update skipped "
                   f"({self.skipped_steps} skipped so far)", file=sys.stderr, flush=True)
 
