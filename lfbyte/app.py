@@ -11,6 +11,7 @@ are capped (``conf/app.yaml``); a bad request gets a message, never a server cra
 from __future__ import annotations
 
 import errno
+import math
 import socket
 import sys
 import threading
@@ -79,6 +80,16 @@ def _user_error(message: str) -> Exception:
     return gr.Error(message, print_exception=False)
 
 
+def _whole(value: Any, label: str, default: int) -> int:
+    """A slider/number value that must be an integer: 16.0 is 16; 0.5, NaN or 'abc' is the user's error."""
+    if value is None:
+        return int(default)
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
+            and float(value).is_integer():
+        return int(value)
+    raise _user_error(f"{label} must be a whole number, not {value!r}.")
+
+
 def build_app(cfg: dict[str, Any], cache: RunCache, run_dir: str, note: str = "") -> Any:
     """The Blocks app, first serving ``run_dir`` from ``cache``. ``cfg``: conf/app.yaml as a dict."""
     import gradio as gr
@@ -118,7 +129,8 @@ def build_app(cfg: dict[str, Any], cache: RunCache, run_dir: str, note: str = ""
         if n_bytes > max_prompt:
             raise _user_error(f"The prompt is {n_bytes} bytes; this app accepts at most {max_prompt} "
                               "(app config max_prompt_bytes).")
-        length = int(max_length if max_length is not None else cfg["default_max_length"])
+        length = _whole(max_length, "Max Length", cfg["default_max_length"])
+        k, seed_ = _whole(top_k, "top-k", 0), _whole(seed, "Seed", -1)
         if not 1 <= length <= max_len_cap:
             raise _user_error(f"Max Length must be between 1 and {max_len_cap} (app config max_length_cap).")
         try:
@@ -129,9 +141,9 @@ def build_app(cfg: dict[str, Any], cache: RunCache, run_dir: str, note: str = ""
                 prompt,
                 length,
                 float(cfg["default_temperature"] if temperature is None else temperature),
-                int(top_k) if top_k else None,  # 0 = off
-                float(top_p) if top_p and top_p < 1 else None,  # 1 = off
-                int(seed) if seed is not None and seed >= 0 else None,
+                k or None,  # 0 = off
+                float(top_p) if top_p is not None and not top_p >= 1 else None,  # 1 = off; NaN is refused below
+                seed_ if seed_ >= 0 else None,  # negative = a fresh seed
             ):
                 text += piece
                 yield text

@@ -299,7 +299,9 @@ def sample_byte(
         raise GenerationError("the model produced NaN logits; the checkpoint is probably diverged (try an earlier one)")
     if temperature == 0:
         return int(logits.argmax())
-    logits = logits / temperature
+    # shift so the best byte is 0, then scale in float64: a tiny temperature sends the others to -inf
+    # (greedy in the limit) instead of overflowing to inf - inf = NaN
+    logits = (logits.double() - logits.max()) / temperature
     if top_k is not None and top_k < BYTE_VOCAB:
         kth = torch.topk(logits, top_k).values[-1]
         logits = logits.masked_fill(logits < kth, -torch.inf)

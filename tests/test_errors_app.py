@@ -189,6 +189,8 @@ def test_hostile_and_malformed_requests_get_a_message_and_the_server_keeps_servi
         ("top_k", 257, "Value 257 is greater than maximum value 256."),
         ("top_p", 0.0, "Value 0.0 is less than minimum value 0.05."),
         ("seed", 10**30, f"seed={10**30} must be null or an integer that fits in 64 bits"),  # was a server traceback
+        ("top_k", 0.5, "top-k must be a whole number, not 0.5."),  # was silently top_k=0 (off)
+        ("max_length", 16.5, "Max Length must be a whole number, not 16.5."),
     ]
     for name, value, message in expected:
         with pytest.raises(AppError) as info:

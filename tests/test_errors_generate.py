@@ -234,14 +234,19 @@ def _raw(prompt: str | bytes) -> bytes:
 
 @FAST
 @given(arch=st.sampled_from(sorted(MODELS)), prompt=PROMPTS, max_length=st.integers(0, 8),
-       seed=st.integers(0, 2**63 - 1), temperature=st.sampled_from([0.0, 0.8, 1.0]))
+       seed=st.integers(0, 2**63 - 1),
+       temperature=st.one_of(st.just(0.0), st.floats(min_value=5e-324, max_value=1e300)),  # denormal to huge
+       top_k=st.one_of(st.none(), st.integers(1, 300)),
+       top_p=st.one_of(st.none(), st.floats(min_value=1e-9, max_value=1.0)))
 def test_any_prompt_gives_the_safe_decoding_of_prompt_and_continuation(
-    arch: str, prompt: str | bytes, max_length: int, seed: int, temperature: float
+    arch: str, prompt: str | bytes, max_length: int, seed: int, temperature: float, top_k: int | None,
+    top_p: float | None,
 ) -> None:
     model = MODELS[arch]
-    text = generate_text(model, prompt, max_length, temperature=temperature, seed=seed)
+    kw = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "seed": seed}
+    text = generate_text(model, prompt, max_length, **kw)
     assert isinstance(text, str)
-    continuation = generate_bytes(model, prompt, max_length, temperature=temperature, seed=seed)
+    continuation = generate_bytes(model, prompt, max_length, **kw)
     assert len(continuation) == max_length and all(0 <= b < 256 for b in continuation)
     assert text == (_raw(prompt) + continuation).decode("utf-8", errors="replace")
     if isinstance(prompt, str) and _raw(prompt) == prompt.encode("utf-8", errors="replace"):  # no lone surrogates
@@ -257,6 +262,12 @@ def test_prompts_longer_than_the_window_slide_and_still_decode(prompt: bytes, ma
     cached = generate_bytes(model, prompt, max_length, seed=seed)
     assert cached == generate_bytes(model, prompt, max_length, seed=seed, use_cache=False)
     assert text == (prompt + cached).decode("utf-8", errors="replace")
+
+
+def test_a_vanishing_temperature_is_greedy_not_nan() -> None:
+    for model in MODELS.values():
+        greedy = generate_bytes(model, "ab", 8, temperature=0)
+        assert generate_bytes(model, "ab", 8, temperature=1e-300, seed=3) == greedy
 
 
 def test_max_length_zero_is_the_prompt_alone() -> None:
