@@ -10,6 +10,7 @@ never read whole into RAM.
 from __future__ import annotations
 
 import ast
+import errno
 import glob
 import hashlib
 import json
@@ -83,6 +84,8 @@ def resolve_files(path: str) -> list[Path]:
             raise DataError(f"data.path={path!r} is a directory with no files in it; point it at your data")
     elif p.is_file():
         files = [p]
+    elif p.exists():  # /dev/null, a FIFO, a socket: no bytes to memory-map
+        raise DataError(f"data.path={path!r} is not a regular file or a directory; give a file, a directory or a glob")
     else:
         raise DataError(f"data.path={path!r} does not exist; give a file, a directory or a glob")
     for f in files:
@@ -169,9 +172,10 @@ def load_corpus(path: str | None, cache_dir: str | None = None) -> ByteCorpus:
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             _build_cache(_python_docs() if files is None else iter(files), target)
-        except OSError as e:  # permissions, a full disk
-            raise DataError(f"cannot write the data cache at {target.parent} ({e.strerror or e}); free disk space "
-                            "or set data.cache_dir to a writable folder") from e
+        except OSError as e:  # permissions, a full disk, a file in the way
+            full = e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+            raise DataError(f"cannot write the data cache at {target.parent} ({e.strerror or e}); "
+                            f"{'free disk space or ' if full else ''}set data.cache_dir to a writable folder") from e
     starts = np.load(target / "starts.npy")
     if starts[-1] == 0:
         raise DataError(f"data.path={path!r} holds no bytes (all files are empty); add data")

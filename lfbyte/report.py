@@ -102,6 +102,10 @@ def _read_yaml(path: Path) -> Any:
         raise Unreadable(f"{path.name} is not readable YAML ({_first_line(e)})") from None
 
 
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
 def _first_line(e: BaseException) -> str:
     lines = str(e).strip().splitlines()
     return lines[0] if lines else type(e).__name__
@@ -158,7 +162,7 @@ def read_job(job_dir: Path) -> Job:
     error = "; ".join(e for e in (bad_overrides, error) if e)
     if "parameters" not in metrics:
         metrics["parameters"] = _count_parameters(job_dir)
-    curve = [r for r in rows if "val_bpb" in r]
+    curve = [r for r in rows if _is_number(r.get("val_bpb"))]  # a null or hand-edited value is not a point
     return Job(job_dir, num, overrides, status, metrics, curve, error)
 
 

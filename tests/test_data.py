@@ -56,6 +56,7 @@ def test_glob_selects_files(tmp_path: Path) -> None:
     [
         ("/nonexistent/corpus.txt", "does not exist"),
         ("/nonexistent/*.txt", "matches no files"),
+        ("/dev/null", "is not a regular file or a directory"),
     ],
 )
 def test_bad_paths_say_what_is_wrong(path: str, message: str, tmp_path: Path) -> None:

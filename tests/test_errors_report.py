@@ -47,7 +47,9 @@ def _completed(bpb: float) -> str:
 @pytest.fixture
 def damaged_sweep(tmp_path: Path) -> Path:
     sweep = tmp_path / "sweep"
-    _job(sweep, 0, 32, metrics=_completed(2.5), jsonl=_rows(2, 2.5))
+    # finished; a hand-edited curve with a null and a string where numbers belong
+    _job(sweep, 0, 32, metrics=_completed(2.5), jsonl=_rows(2, 2.5) + '{"step": 7, "val_bpb": null, "elapsed_s": 3}\n'
+         '{"step": 8, "val_bpb": "x", "elapsed_s": 4}\n')
     # killed while writing metrics.json; metrics.jsonl ends in a torn line
     _job(sweep, 1, 64, metrics='{"status": "compl', jsonl=_rows(2, 2.4) + '{"step": 9, "val_')
     # valid JSON of the wrong shape, and metrics.jsonl rows that are not objects
