@@ -361,6 +361,9 @@ def _nan_on_rank1(info: DistInfo, cfg: dict, run_dir: str) -> None:
         _poison(trainer, {3})
     try:
         trainer.fit()
+    except LFByteError as e:  # each rank says why it stopped: both must stop on their own, at the same step
+        (Path(run_dir) / f"rank{info.rank}.stopped").write_text(str(e))
+        raise
     finally:
         trainer.close()
 
@@ -372,6 +375,7 @@ def test_nan_on_one_rank_stops_every_rank_at_the_same_step(tmp_path: Path, text_
     with pytest.raises(LFByteError, match=r"^non-finite loss nan at step 3; .*last good checkpoint \(step 2\)"):
         spawn(_nan_on_rank1, 2, (cfg, str(tmp_path)))
     assert time.monotonic() - t0 < 120  # no rank is left waiting in a collective
+    assert (tmp_path / "rank0.stopped").read_text() == (tmp_path / "rank1.stopped").read_text()
     assert load_checkpoint(tmp_path / "checkpoints" / "last.pth")["trainer_state"]["step"] == 2
 
 
