@@ -134,10 +134,22 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
                 f"refusing to load {path}: it contains objects other than tensors and plain "
                 f"data ({why[:160]}); only load checkpoints you trust, re-saved as state dicts"
             ) from e
+        magic = _magic(path)
+        if magic and magic not in (b"PK\x03\x04", b"\x80"):  # neither torch's zip format nor a legacy pickle
+            raise CheckpointError(f"{path} is not a PyTorch checkpoint file; give a .pth written by lfbyte") from e
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({first[:160]})") from e
     if not isinstance(obj, dict) or "model_state_dict" not in obj:
         raise CheckpointError(f"{path} is not an lfbyte checkpoint (no model_state_dict)")
     return obj
+
+
+def _magic(path: Path) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return b""
+    return head if head.startswith(b"PK") else head[:1]
 
 
 def checkpoint_candidates(ckpt_dir: Path) -> list[Path]:

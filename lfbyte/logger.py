@@ -74,8 +74,12 @@ class Logger:
 
 
 def _append_jsonl(path: Path, row: dict[str, Any]) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
+    try:
+        with open(path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+    except OSError as e:  # a full disk mid-run: stop with the reason; the last checkpoint is intact
+        raise LFByteError(f"cannot write {path}: {e.strerror or e}; free disk space, then resume with "
+                          "trainer.resume=auto") from None
 
 
 def wandb_has_api_key() -> bool:

@@ -182,6 +182,11 @@ def test_a_malicious_checkpoint_is_refused_and_never_runs(tmp_path: Path, text_f
     assert not marker.exists()
 
 
+def test_a_file_that_is_not_a_checkpoint_is_named_as_such(tmp_path: Path, text_file: Path) -> None:
+    proc = _cli(tmp_path, text_file, f"trainer.resume={text_file}")
+    assert_one_error(proc, f"error: {text_file} is not a PyTorch checkpoint file; give a .pth written by lfbyte")
+
+
 def test_truncated_checkpoints_fall_back_to_the_previous_good_one(
     tmp_path: Path, text_file: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -243,6 +248,21 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path: Path, te
     assert (run / "checkpoints" / "last.pth").read_bytes() == before
     assert load_checkpoint(run / "checkpoints" / "last.pth")["trainer_state"]["step"] == 4
     assert json.loads((run / "metrics.json").read_text())["status"] == "failed"
+
+
+def test_disk_full_while_logging_metrics_stops_with_the_reason(tmp_path: Path, text_file: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("{}\n" * 50_000)  # 150 KB already there: the next row will not fit
+
+    def full_disk() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (150_010, 150_010))
+
+    proc = subprocess.run([sys.executable, "-m", "lfbyte.train", f"hydra.run.dir={run}", *tiny_overrides(text_file)],
+                          cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=300, preexec_fn=full_disk)
+    assert_one_error(proc, f"error: cannot write {run / 'metrics.jsonl'}: File too large; free disk space, then "
+                           "resume with trainer.resume=auto")
 
 
 # ------------------------------------------------------------------- numerics

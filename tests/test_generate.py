@@ -251,7 +251,7 @@ def _broken_runs(tiny_run: Path, root: Path) -> dict[str, tuple[Path, str]]:
         "no checkpoint": (no_ckpt, "no checkpoint in"),
         "mismatch": (mismatch, "does not match the model"),
         # checkpoint.py calls garbage "objects other than tensors" (torch's message names weights_only)
-        "corrupt": (corrupt, "corrupt or truncated"),  # damage, not a refused pickle
+        "corrupt": (corrupt, "is not a PyTorch checkpoint file"),  # text, not a refused pickle
         "sweep folder": (sweep, "not a run directory but holds 1 run"),
     }
 
