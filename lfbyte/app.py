@@ -98,6 +98,8 @@ def build_app(cfg: dict[str, Any], cache: RunCache, run_dir: str, note: str = ""
     max_prompt, max_len_cap = int(cfg["max_prompt_bytes"]), int(cfg["max_length_cap"])
 
     def run_choices(current: str) -> list[str]:
+        if not cfg.get("run_menu", True):  # serve this one run and nothing else on the disk
+            return [current]
         found = [str(p) for p in find_runs(cfg.get("runs_root") or "outputs")]
         return found if current in found else [current, *found]
 
@@ -203,8 +205,9 @@ def check_config(cfg: dict[str, Any]) -> None:
         p.append(f"server_port={port!r} must be null (7860 or the next free port) or an integer in 1..65535")
     if not isinstance(cfg.get("server_name"), str) or not cfg["server_name"]:
         p.append(f"server_name={cfg.get('server_name')!r} must be an address: 127.0.0.1 (this machine) or 0.0.0.0")
-    if not isinstance(cfg.get("share"), bool):
-        p.append(f"share={cfg.get('share')!r} must be true or false")
+    for key in ("share", "run_menu"):
+        if not isinstance(cfg.get(key), bool):
+            p.append(f"{key}={cfg.get(key)!r} must be true or false")
     try:
         check_num_threads(cfg.get("num_threads"))
     except ConfigError as e:

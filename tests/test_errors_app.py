@@ -9,6 +9,7 @@ gradio_client and plain urllib. The run it serves is an untrained tiny model (no
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import subprocess
 import threading
@@ -299,3 +300,17 @@ def test_unknown_options_and_bad_runs_are_one_line(run_dir: Path, tmp_path: Path
                                "pass run_dir=<a folder under outputs/>"])
     proc = run_cli("lfbyte.app", f"run_dir={run_dir}", "device=tpu", timeout=120)
     _assert_error_lines(proc, ["error: device='tpu' is not a device; use auto, cpu, cuda or cuda:N"])
+
+
+def test_with_the_run_menu_off_no_other_run_can_be_reached(run_dir: Path, tmp_path: Path) -> None:
+    from gradio_client.exceptions import AppError
+
+    other = run_dir.parent / "other"
+    if not other.exists():
+        shutil.copytree(run_dir, other)
+    with serve_app(tmp_path / "server.log", f"run_dir={run_dir}", f"runs_root={run_dir.parent}",
+                   "run_menu=false") as url:
+        client = _client(url)
+        with pytest.raises(AppError, match=r"is not in the list of choices"):
+            client.predict(str(other), api_name="/select_run")
+        assert _generate(client, "still here", 4).startswith("still here")
