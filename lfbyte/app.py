@@ -11,7 +11,6 @@ are capped (``conf/app.yaml``); a bad request gets a message, never a server cra
 from __future__ import annotations
 
 import errno
-import math
 import socket
 import sys
 import threading
@@ -23,10 +22,9 @@ from typing import Any
 
 import yaml
 
-from .config import check_overrides, to_plain
+from .config import hydra_cli, is_int, is_number, to_plain
 from .errors import ConfigError, LFByteError, exit_with
 from .generate import (
-    CONF_DIR,
     Run,
     check_num_threads,
     describe_run,
@@ -84,8 +82,7 @@ def _whole(value: Any, label: str, default: int) -> int:
     """A slider/number value that must be an integer: 16.0 is 16; 0.5, NaN or 'abc' is the user's error."""
     if value is None:
         return int(default)
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
-            and float(value).is_integer():
+    if is_number(value) and float(value).is_integer():
         return int(value)
     raise _user_error(f"{label} must be a whole number, not {value!r}.")
 
@@ -187,21 +184,17 @@ def build_app(cfg: dict[str, Any], cache: RunCache, run_dir: str, note: str = ""
     return demo
 
 
-def _is_int(value: Any, lo: int = 1, hi: float = float("inf")) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi
-
-
 def check_config(cfg: dict[str, Any]) -> None:
     """Every problem of conf/app.yaml in one line each, before a model is loaded or a port opened."""
     p = [f"{key}={cfg.get(key)!r} must be an integer >= 1"
          for key in ("max_prompt_bytes", "max_length_cap", "default_max_length", "concurrency_limit", "max_queue",
                      "cache_size")
-         if not _is_int(cfg.get(key))]
+         if not is_int(cfg.get(key))]
     t = cfg.get("default_temperature")
     if not (isinstance(t, (int, float)) and not isinstance(t, bool) and 0 <= t <= 2):
         p.append(f"default_temperature={t!r} must be a number in [0, 2] (the Temperature slider)")
     port = cfg.get("server_port")
-    if port is not None and not _is_int(port, 1, 65535):
+    if port is not None and not is_int(port, 1, 65535):
         p.append(f"server_port={port!r} must be null (7860 or the next free port) or an integer in 1..65535")
     if not isinstance(cfg.get("server_name"), str) or not cfg["server_name"]:
         p.append(f"server_name={cfg.get('server_name')!r} must be an address: 127.0.0.1 (this machine) or 0.0.0.0")
@@ -277,13 +270,7 @@ def _hydra_entry(cfg: Any) -> None:
 
 def main() -> None:
     """``python -m lfbyte.app [key=value ...]``; see conf/app.yaml."""
-    import hydra
-
-    try:
-        check_overrides("app", sys.argv[1:], flat=True)
-    except ConfigError as e:
-        exit_with(e)
-    hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="app")(_hydra_entry)()
+    hydra_cli("app", _hydra_entry, flat=True)
 
 
 if __name__ == "__main__":

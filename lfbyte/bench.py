@@ -33,11 +33,10 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from .config import to_plain, validate
+from .config import CONF_DIR, to_plain, validate
 from .errors import ConfigError, LFByteError, exit_with
 from .precision import autocast
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 SECTIONS = ("peak", "throughput", "scaling", "quality")
 MATMUL_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 

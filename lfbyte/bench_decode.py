@@ -16,17 +16,16 @@ from __future__ import annotations
 import statistics
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 
+from .config import CONF_DIR
 from .errors import ConfigError, LFByteError
 from .generate import Decoder, sample_byte
 from .model import build_model
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 DEFAULTS: dict[str, Any] = {
     "model": "small",
     "seq_len": 1024,

@@ -22,7 +22,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from .train import CONF_DIR
+from .config import CONF_DIR
 
 
 def measure(model: str, precision: str, procs: int, steps: int, global_batch: int, threads: int,
@@ -47,7 +47,7 @@ def measure(model: str, precision: str, procs: int, steps: int, global_batch: in
     return {"bytes_per_s": statistics.median(rates), "params": metrics["parameters"]}
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="bench_train")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="bench_train")
 def main(cfg: DictConfig) -> None:
     threads = cfg.threads or os.cpu_count() or 1
     results = []

@@ -86,11 +86,13 @@ def _check(problems: list[str], ok: bool, msg: str) -> None:
         problems.append(msg)
 
 
-def _is_int(v: Any, lo: int = 1) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= lo
+def is_int(v: Any, lo: float = 1, hi: float = math.inf) -> bool:
+    """An int (a bool is not one) in [lo, hi]: what a config value or request parameter must be."""
+    return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
 
 
-def _is_num(v: Any) -> bool:
+def is_number(v: Any) -> bool:
+    """A finite int or float (a bool is not one)."""
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
@@ -103,24 +105,24 @@ def validate(cfg: dict[str, Any]) -> None:
     m, t, o, d, dist = cfg["model"], cfg["trainer"], cfg["optimizer"], cfg["data"], cfg["distributed"]
 
     for key in ("seq_len", "embed_dim", "num_layers", "num_heads"):
-        _check(p, _is_int(m.get(key)), f"model.{key}={m.get(key)!r} must be an integer >= 1")
-    if _is_int(m.get("embed_dim")) and _is_int(m.get("num_heads")):
+        _check(p, is_int(m.get(key)), f"model.{key}={m.get(key)!r} must be an integer >= 1")
+    if is_int(m.get("embed_dim")) and is_int(m.get("num_heads")):
         _check(p, m["embed_dim"] % m["num_heads"] == 0,
                f"model.embed_dim={m['embed_dim']} must be divisible by model.num_heads={m['num_heads']}")
     if m.get("arch", "lfbyte") == "lfbyte":
         for key in ("adapt_dim", "adapt_rank", "num_experts", "top_k", "chunk_size", "conv_size"):
             if key in m:
-                _check(p, _is_int(m[key]), f"model.{key}={m[key]!r} must be an integer >= 1")
-        if _is_int(m.get("num_experts")) and _is_int(m.get("top_k")) and m["num_experts"] > 1:
+                _check(p, is_int(m[key]), f"model.{key}={m[key]!r} must be an integer >= 1")
+        if is_int(m.get("num_experts")) and is_int(m.get("top_k")) and m["num_experts"] > 1:
             _check(p, m["top_k"] <= m["num_experts"],
                    f"model.top_k={m['top_k']} must be <= model.num_experts={m['num_experts']}")
     _check(p, isinstance(m.get("dropout", 0.0), (int, float)) and 0 <= m.get("dropout", 0.0) < 1,
            f"model.dropout={m.get('dropout')!r} must be in [0, 1)")
 
     for key in ("batch_size", "accumulation_steps", "eval_interval", "eval_windows", "log_interval", "keep_last"):
-        _check(p, _is_int(t.get(key)), f"trainer.{key}={t.get(key)!r} must be an integer >= 1")
+        _check(p, is_int(t.get(key)), f"trainer.{key}={t.get(key)!r} must be an integer >= 1")
     for key in ("epochs", "max_steps", "checkpoint_interval"):
-        _check(p, t.get(key) is None or _is_int(t.get(key)), f"trainer.{key}={t.get(key)!r} must be null or an integer >= 1")
+        _check(p, t.get(key) is None or is_int(t.get(key)), f"trainer.{key}={t.get(key)!r} must be null or an integer >= 1")
     _check(p, t.get("max_time") is None or (isinstance(t["max_time"], (int, float)) and t["max_time"] > 0),
            f"trainer.max_time={t.get('max_time')!r} must be null or seconds > 0")
     _check(p, any(t.get(k) for k in ("epochs", "max_steps", "max_time")),
@@ -130,10 +132,10 @@ def validate(cfg: dict[str, Any]) -> None:
            f"trainer.max_grad_norm={t.get('max_grad_norm')!r} must be null or >= 0")
     _check(p, t.get("device") in ("auto", "cpu", "cuda"), f"trainer.device={t.get('device')!r} must be auto, cpu or cuda")
     for key in ("num_threads", "stop_at_step"):
-        _check(p, t.get(key) is None or _is_int(t.get(key)), f"trainer.{key}={t.get(key)!r} must be null or an integer >= 1")
-    _check(p, _is_int(t.get("sample_length", 0), 0), f"trainer.sample_length={t.get('sample_length')!r} must be an "
+        _check(p, t.get(key) is None or is_int(t.get(key)), f"trainer.{key}={t.get(key)!r} must be null or an integer >= 1")
+    _check(p, is_int(t.get("sample_length", 0), 0), f"trainer.sample_length={t.get('sample_length')!r} must be an "
                                                       "integer >= 0 (0: no samples)")
-    _check(p, t.get("peak_tflops") is None or (_is_num(t["peak_tflops"]) and t["peak_tflops"] > 0),
+    _check(p, t.get("peak_tflops") is None or (is_number(t["peak_tflops"]) and t["peak_tflops"] > 0),
            f"trainer.peak_tflops={t.get('peak_tflops')!r} must be null or TFLOP/s > 0")
     for key in ("compile", "progress"):
         _check(p, isinstance(t.get(key, False), bool), f"trainer.{key}={t.get(key)!r} must be true or false")
@@ -141,11 +143,11 @@ def validate(cfg: dict[str, Any]) -> None:
         _check(p, t.get(key) is None or isinstance(t[key], str), f"trainer.{key}={t.get(key)!r} must be null or a string")
     _check(p, t.get("on_nonfinite", "stop") in NONFINITE,
            f"trainer.on_nonfinite={t.get('on_nonfinite')!r} must be one of {list(NONFINITE)}")
-    _check(p, _is_int(t.get("max_skipped_steps", 1)),
+    _check(p, is_int(t.get("max_skipped_steps", 1)),
            f"trainer.max_skipped_steps={t.get('max_skipped_steps')!r} must be an integer >= 1")
 
     _check(p, isinstance(o.get("lr"), (int, float)) and o["lr"] > 0, f"optimizer.lr={o.get('lr')!r} must be > 0")
-    _check(p, _is_int(o.get("warmup_steps"), 0), f"optimizer.warmup_steps={o.get('warmup_steps')!r} must be an integer >= 0")
+    _check(p, is_int(o.get("warmup_steps"), 0), f"optimizer.warmup_steps={o.get('warmup_steps')!r} must be an integer >= 0")
     _check(p, o.get("schedule") in SCHEDULES, f"optimizer.schedule={o.get('schedule')!r} must be one of {list(SCHEDULES)}")
     _check(p, isinstance(o.get("min_lr_ratio"), (int, float)) and 0 <= o["min_lr_ratio"] <= 1,
            f"optimizer.min_lr_ratio={o.get('min_lr_ratio')!r} must be in [0, 1]")
@@ -153,19 +155,19 @@ def validate(cfg: dict[str, Any]) -> None:
            f"optimizer.weight_decay={o.get('weight_decay')!r} must be >= 0")
 
     betas = o.get("betas")
-    _check(p, isinstance(betas, list) and len(betas) == 2 and all(_is_num(b) and 0 <= b < 1 for b in betas),
+    _check(p, isinstance(betas, list) and len(betas) == 2 and all(is_number(b) and 0 <= b < 1 for b in betas),
            f"optimizer.betas={betas!r} must be two numbers in [0, 1), e.g. [0.9, 0.95]")
-    _check(p, _is_num(o.get("eps")) and o["eps"] > 0, f"optimizer.eps={o.get('eps')!r} must be > 0")
-    _check(p, _is_int(cfg.get("seed", 0), 0), f"seed={cfg.get('seed')!r} must be an integer >= 0")
+    _check(p, is_number(o.get("eps")) and o["eps"] > 0, f"optimizer.eps={o.get('eps')!r} must be > 0")
+    _check(p, is_int(cfg.get("seed", 0), 0), f"seed={cfg.get('seed')!r} must be an integer >= 0")
 
     vf = d.get("val_fraction")
     _check(p, isinstance(vf, (int, float)) and 0 < vf < 1, f"data.val_fraction={vf!r} must be in (0, 1)")
     _check(p, dist.get("strategy") in STRATEGIES, f"distributed.strategy={dist.get('strategy')!r} must be one of {list(STRATEGIES)}")
-    _check(p, _is_int(dist.get("nproc_per_node")), f"distributed.nproc_per_node={dist.get('nproc_per_node')!r} must be an integer >= 1")
+    _check(p, is_int(dist.get("nproc_per_node")), f"distributed.nproc_per_node={dist.get('nproc_per_node')!r} must be an integer >= 1")
     _check(p, dist.get("backend", "auto") in BACKENDS,
            f"distributed.backend={dist.get('backend')!r} must be one of {list(BACKENDS)}")
     port = dist.get("master_port")
-    _check(p, port is None or (_is_int(port) and port <= 65535),
+    _check(p, port is None or is_int(port, 1, 65535),
            f"distributed.master_port={port!r} must be null (a free port) or an integer in 1..65535")
     p += _unknown_keys(cfg)
     if not p:
@@ -208,6 +210,25 @@ def _hardware_problems(t: dict[str, Any], dist: dict[str, Any]) -> list[str]:
 _PASS_THROUGH = {"-h", "--help", "--hydra-help", "--version", "-c", "--cfg", "-i", "--info", "-cp", "--config-path",
                  "-cn", "--config-name", "-cd", "--config-dir", "-p", "--package", "-sc", "--shell-completion",
                  "--experimental-rerun", "--resolve"}
+
+
+def hydra_cli(
+    config_name: str, task: Callable[[DictConfig], Any], *, flat: bool = False,
+    check: Callable[[dict], None] | None = None,
+) -> None:
+    """``python -m lfbyte.<entry>``: the command line checked first (one ``error:`` line, exit 2, see
+    :func:`check_overrides`), then ``conf/<config_name>.yaml`` composed by Hydra and handed to ``task``."""
+    import sys
+
+    import hydra
+
+    from .errors import exit_with
+
+    try:
+        check_overrides(config_name, sys.argv[1:], flat=flat, check=check)
+    except ConfigError as e:
+        exit_with(e)
+    hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=config_name)(task)()
 
 
 def check_output_dir(path: str | Path, what: str) -> None:

@@ -19,7 +19,6 @@ see :class:`Decoder` for the exact policy.
 from __future__ import annotations
 
 import codecs
-import math
 import os
 import sys
 from collections.abc import Iterator, Sequence
@@ -32,24 +31,14 @@ import yaml
 from torch import Tensor, nn
 
 from .checkpoint import checkpoint_candidates, load_checkpoint
-from .config import check_overrides, to_plain
+from .config import hydra_cli, is_int, is_number, to_plain
 from .errors import CheckpointError, ConfigError, LFByteError, exit_with
 from .model import build_model
 from .model.lfbyte import BYTE_VOCAB, SEPARATOR
 
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
-
 
 class GenerationError(LFByteError, ValueError):
     """Bad generation arguments or a model that cannot be sampled from."""
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 # ----------------------------------------------------------------------------- loading
@@ -250,7 +239,7 @@ class Decoder:
         self.model = model
         self.seq_len = int(model.config.seq_len)
         self.keep = self.seq_len // 2 if keep is None else keep
-        if not _is_int(self.keep) or not 1 <= self.keep <= self.seq_len:
+        if not is_int(self.keep, 1, self.seq_len):
             raise GenerationError(f"keep={keep!r} must be an integer between 1 and the model's seq_len={self.seq_len}")
         self.use_cache = use_cache
         self.device = next(model.parameters()).device
@@ -317,13 +306,13 @@ def _check_args(
     max_length: int, temperature: float, top_k: int | None, top_p: float | None, seed: int | None = None
 ) -> None:
     problems = []
-    if not _is_int(max_length) or max_length < 0:
+    if not is_int(max_length, 0):
         problems.append(f"max_length={max_length!r} must be an integer >= 0")
-    if not _is_number(temperature) or temperature < 0:
+    if not is_number(temperature) or temperature < 0:
         problems.append(f"temperature={temperature!r} must be a finite number >= 0 (0 = greedy)")
-    if top_k is not None and (not _is_int(top_k) or top_k < 1):
+    if top_k is not None and not is_int(top_k):
         problems.append(f"top_k={top_k!r} must be null or an integer >= 1")
-    if top_p is not None and (not _is_number(top_p) or not 0 < top_p <= 1):
+    if top_p is not None and (not is_number(top_p) or not 0 < top_p <= 1):
         problems.append(f"top_p={top_p!r} must be null or in (0, 1]")
     if seed is not None:
         try:  # the rule is what torch accepts: 64 bits
@@ -473,7 +462,7 @@ def _prompt_text(value: Any) -> str:
 
 
 def check_num_threads(value: Any) -> None:
-    if value is not None and (not _is_int(value) or value < 1):
+    if value is not None and not is_int(value):
         raise ConfigError(f"num_threads={value!r} must be null (torch's default) or an integer >= 1")
 
 
@@ -483,7 +472,7 @@ def run_cli(cfg: dict[str, Any]) -> None:
     if cfg.get("num_threads"):
         torch.set_num_threads(cfg["num_threads"])
     _check_args(cfg["max_length"], cfg["temperature"], cfg.get("top_k"), cfg.get("top_p"), cfg.get("seed"))
-    if cfg.get("keep") is not None and (not _is_int(cfg["keep"]) or cfg["keep"] < 1):
+    if cfg.get("keep") is not None and not is_int(cfg["keep"]):
         raise GenerationError(f"keep={cfg['keep']!r} must be null (seq_len // 2) or an integer >= 1")
     if not isinstance(cfg.get("include_prompt", True), bool):
         raise ConfigError(f"include_prompt={cfg['include_prompt']!r} must be true or false")
@@ -524,13 +513,7 @@ def _hydra_entry(cfg: Any) -> None:
 
 def main() -> None:
     """``python -m lfbyte.generate [key=value ...]``; Hydra is imported only for the CLI."""
-    import hydra
-
-    try:
-        check_overrides("generate", sys.argv[1:], flat=True)
-    except ConfigError as e:
-        exit_with(e)
-    hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="generate")(_hydra_entry)()
+    hydra_cli("generate", _hydra_entry, flat=True)
 
 
 if __name__ == "__main__":

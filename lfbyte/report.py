@@ -21,6 +21,8 @@ from typing import Any, NoReturn
 
 import yaml
 
+from .config import is_number
+
 LN2 = math.log(2.0)
 NO_METRICS = "no metrics.json: the job is still running or was killed before writing it (see its train.log)"
 NOT_STARTED = "no job directory: the sweep stopped before launching it"
@@ -102,10 +104,6 @@ def _read_yaml(path: Path) -> Any:
         raise Unreadable(f"{path.name} is not readable YAML ({_first_line(e)})") from None
 
 
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def _first_line(e: BaseException) -> str:
     lines = str(e).strip().splitlines()
     return lines[0] if lines else type(e).__name__
@@ -162,7 +160,7 @@ def read_job(job_dir: Path) -> Job:
     error = "; ".join(e for e in (bad_overrides, error) if e)
     if "parameters" not in metrics:
         metrics["parameters"] = _count_parameters(job_dir)
-    curve = [r for r in rows if _is_number(r.get("val_bpb"))]  # a null or hand-edited value is not a point
+    curve = [r for r in rows if is_number(r.get("val_bpb"))]  # a null or hand-edited value is not a point
     return Job(job_dir, num, overrides, status, metrics, curve, error)
 
 

@@ -10,19 +10,16 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-import hydra
 import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from .checkpoint import ensure_writable
-from .config import check_overrides, to_plain, validate
+from .config import hydra_cli, to_plain, validate
 from .data import load_corpus, split_corpus
 from .distributed import DistInfo, spawn, torchrun_info, under_torchrun
-from .errors import ConfigError, LFByteError, exit_with, print_error
-
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+from .errors import ConfigError, LFByteError, print_error
 
 
 def train(cfg: DictConfig | dict, run_dir: str | Path) -> dict[str, Any]:
@@ -65,8 +62,8 @@ def _record_failure(run_dir: Path, message: str) -> None:
     (run_dir / "metrics.json").write_text(json.dumps({"status": "failed", "error": message}, indent=2) + "\n")
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
-def main(cfg: DictConfig) -> float:
+def _hydra_entry(cfg: DictConfig) -> float:
+    """One Hydra job; returns val bits/byte (what a sweeper such as Optuna minimises), NaN when it failed."""
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
@@ -88,14 +85,10 @@ def main(cfg: DictConfig) -> float:
     return float(result.get("val_bpb", math.nan))
 
 
-def cli() -> None:
-    """``python -m lfbyte.train``: check the command line in one line, then hand it to Hydra."""
-    try:
-        check_overrides("train", sys.argv[1:], check=validate)
-    except ConfigError as e:
-        exit_with(e)
-    main()
+def main() -> None:
+    """``python -m lfbyte.train [group=choice ...] [key=value ...]``."""
+    hydra_cli("train", _hydra_entry, check=validate)
 
 
 if __name__ == "__main__":
-    cli()
+    main()

@@ -295,17 +295,17 @@ class Trainer:
         what = f"loss {loss}" if not math.isfinite(loss) else f"gradient norm {grad_norm}"
         kept = (f"the last good checkpoint (step {self.saved_step}) is kept in {self.ckpt_dir}"
                 if self.saved_step is not None else "no checkpoint had been written yet")
-        advice = "lower optimizer.lr" + (f" or use trainer.precision=fp32 (this run is {self.precision})"
+        advice = "Lower optimizer.lr" + (f" or use trainer.precision=fp32 (this run is {self.precision})"
                                          if self.precision != "fp32" else "")
         if not by_scaler and self.tc.get("on_nonfinite", "stop") == "stop":
             raise LFByteError(f"non-finite {what} at step {step}; the update was not applied and {kept}. "
-                              f"{advice[0].upper() + advice[1:]}, or set trainer.on_nonfinite=skip")
+                              f"{advice}, or set trainer.on_nonfinite=skip")
         self.skipped_steps += 1
         self.skipped_in_a_row += 1
         limit = int(self.tc.get("max_skipped_steps", 10))
         if self.skipped_in_a_row >= limit:
             raise LFByteError(f"non-finite {what} at {limit} steps in a row (up to step {step}); stopping, and "
-                              f"{kept}. {advice[0].upper() + advice[1:]}")
+                              f"{kept}. {advice}")
         if self.info.is_main and not by_scaler:  # the scaler's calibration skips are routine: metrics only
             print(f"warning: non-finite {what} at step {step}; update skipped "
                   f"({self.skipped_steps} skipped so far)", file=sys.stderr, flush=True)

@@ -18,7 +18,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from lfbyte.train import CONF_DIR
+from lfbyte.config import CONF_DIR
 
 REPO = Path(__file__).resolve().parent.parent
 WORDS = (
@@ -55,7 +55,7 @@ def text_file(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path
 
 
 def compose_cfg(*overrides: str) -> DictConfig:
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose("train", overrides=list(overrides))
 
 

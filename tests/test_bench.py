@@ -9,8 +9,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 
 from lfbyte.bench import markdown, run_bench
-from lfbyte.config import to_plain
-from lfbyte.train import CONF_DIR
+from lfbyte.config import CONF_DIR, to_plain
 
 from .conftest import run_cli
 
@@ -41,7 +40,7 @@ def _bench_cfg(text_file: Path, *extra: str) -> dict:
         "trainer.precision=fp32",
         *extra,
     ]
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return to_plain(compose("bench", overrides=overrides))
 
 

@@ -26,7 +26,7 @@ import torch
 import yaml
 
 from lfbyte.checkpoint import save_checkpoint
-from lfbyte.generate import CONF_DIR
+from lfbyte.config import CONF_DIR
 from lfbyte.model import build_model
 
 from .conftest import REPO, run_cli, serve_app

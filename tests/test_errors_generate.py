@@ -18,10 +18,9 @@ from hypothesis import strategies as st
 from torch import nn
 
 from lfbyte.checkpoint import save_checkpoint
-from lfbyte.config import check_overrides, to_plain
+from lfbyte.config import CONF_DIR, check_overrides, to_plain
 from lfbyte.errors import ConfigError, LFByteError
 from lfbyte.generate import (
-    CONF_DIR,
     GenerationError,
     generate_bytes,
     generate_text,
@@ -193,7 +192,7 @@ def test_good_command_lines_pass_the_check() -> None:
 def _cfg(*overrides: str) -> dict:
     from hydra import compose, initialize_config_dir
 
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return to_plain(compose("generate", overrides=list(overrides)))
 
 

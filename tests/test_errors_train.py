@@ -268,6 +268,13 @@ def test_disk_full_while_logging_metrics_stops_with_the_reason(tmp_path: Path, t
 # ------------------------------------------------------------------- numerics
 
 
+def train_cfg_plain(cfg: object) -> dict:
+    """What ``train()`` hands a Trainer: the resolved, validated config."""
+    plain = to_plain(cfg)
+    validate(plain)
+    return plain
+
+
 def _poison(trainer: Trainer, steps: set[int], where: str = "loss") -> None:
     """Make the given (1-based) training steps non-finite: the loss (via the embedding) or only a gradient."""
     if where == "loss":
@@ -282,7 +289,7 @@ def _poison(trainer: Trainer, steps: set[int], where: str = "loss") -> None:
 
 def test_nonfinite_gradient_stops_naming_the_step_and_keeps_the_checkpoint(tmp_path: Path, text_file: Path) -> None:
     cfg = compose_cfg(*tiny_overrides(text_file, **{"trainer.checkpoint_interval": 2}))
-    trainer = Trainer(dict(train_cfg_plain(cfg)), tmp_path)
+    trainer = Trainer(train_cfg_plain(cfg), tmp_path)
     _poison(trainer, {3}, where="grad")
     with pytest.raises(LFByteError) as info:
         trainer.fit()
@@ -434,11 +441,3 @@ def test_a_killed_ddp_worker_stops_the_run_promptly_with_the_cause(tmp_path: Pat
     assert json.loads((run / "metrics.json").read_text())["status"] == "failed"
     assert all(not Path(f"/proc/{w}").exists() or "Z" in Path(f"/proc/{w}/stat").read_text().split()[2]
                for w in workers)
-
-
-def train_cfg_plain(cfg: object) -> dict:
-    from lfbyte.config import to_plain, validate
-
-    plain = to_plain(cfg)
-    validate(plain)
-    return plain

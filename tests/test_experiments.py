@@ -263,9 +263,9 @@ def test_every_job_of_the_shipped_experiments_is_a_valid_config(experiment: str)
 def _compose_with_hydra(*overrides: str) -> Any:
     from hydra import compose, initialize_config_dir
 
-    from lfbyte.train import CONF_DIR
+    from lfbyte.config import CONF_DIR
 
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose("train", overrides=list(overrides), return_hydra_config=True)
 
 
