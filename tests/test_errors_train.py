@@ -433,6 +433,7 @@ def test_a_killed_ddp_worker_stops_the_run_promptly_with_the_cause(tmp_path: Pat
     t0 = time.monotonic()
     out, err = proc.communicate(timeout=120)
     took = time.monotonic() - t0
+    print(f"a DDP worker SIGKILLed: the CLI exited {proc.returncode} after {took:.2f} s")  # README figure
     assert proc.returncode == 2, out + err
     assert took < 30, f"the surviving worker took {took:.0f}s to stop"
     assert "Traceback" not in out + err
