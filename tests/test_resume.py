@@ -22,11 +22,21 @@ from .conftest import REPO, cli_env, compose_cfg, tiny_overrides
 RESUME = {"trainer.max_steps": 16, "model.dropout": 0.1, "trainer.eval_interval": 4}
 
 
-def _train_losses(run: Path) -> dict[int, float]:
-    """step -> train loss; after a crash a step may be logged twice: the later row wins."""
+def _train_losses(run: Path, live: bool = False) -> dict[int, float]:
+    """step -> train loss; after a crash a step may be logged twice: the later row wins.
+
+    ``live``: the run is still writing, so the last line may be half there; it is left for the next read.
+    Otherwise every line must parse.
+    """
     if not (run / "metrics.jsonl").exists():
         return {}
-    rows = [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines() if r.strip()]
+    lines = [r for r in (run / "metrics.jsonl").read_text().splitlines() if r.strip()]
+    if live and lines:
+        try:
+            json.loads(lines[-1])
+        except ValueError:
+            lines.pop()
+    rows = [json.loads(r) for r in lines]
     return {r["step"]: r["train_loss"] for r in rows if "train_loss" in r}
 
 
@@ -64,7 +74,7 @@ def _spawn_train(run_dir: Path, text_file: Path, **extra: object) -> subprocess.
 def _wait_for_step(proc: subprocess.Popen, run: Path, step: int, timeout: float = 120) -> int:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        losses = _train_losses(run)
+        losses = _train_losses(run, live=True)
         if losses and max(losses) >= step:
             return max(losses)
         if proc.poll() is not None:
@@ -96,7 +106,7 @@ def test_repeated_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path: Pat
     target, kills = 0, 0
     while kills < 3:
         proc = _spawn_train(run, text_file, **extra, **{"trainer.resume": "auto"})
-        target = max(target, *(_train_losses(run) or {0: 0}).keys()) + rng.randint(3, 12)
+        target = max(target, *(_train_losses(run, live=True) or {0: 0}).keys()) + rng.randint(3, 12)
         _wait_for_step(proc, run, target)
         time.sleep(rng.random() * 0.05)  # anywhere: mid-step, mid-checkpoint-write
         proc.kill()
