@@ -43,6 +43,9 @@ class Logger:
         self.samples_path = self.run_dir / "samples.jsonl"
         self._samples: dict[str, list[list[Any]]] = {}
         self.wandb_run: Any = None
+        if enabled:  # a resumed run appends here: end a row torn by the last run (a full disk) first
+            for path in (self.path, self.samples_path):
+                _end_torn_line(path)
         if enabled and cfg.get("name", "none") == "wandb":
             self.wandb_run = _init_wandb(self.run_dir, cfg, full_config)
 
@@ -71,6 +74,22 @@ class Logger:
         run, self.wandb_run = self.wandb_run, None
         if run is not None:
             run.finish(exit_code=exit_code)
+
+
+def _end_torn_line(path: Path) -> None:
+    """Terminate a last line left without its newline, so the next row does not fuse with it."""
+    try:
+        with open(path, "rb+") as f:
+            size = f.seek(0, os.SEEK_END)
+            if size:
+                f.seek(size - 1)
+                if f.read(1) != b"\n":
+                    f.write(b"\n")
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        raise LFByteError(f"cannot write {path}: {e.strerror or e}; free disk space, then resume with "
+                          "trainer.resume=auto") from None
 
 
 def _append_jsonl(path: Path, row: dict[str, Any]) -> None:

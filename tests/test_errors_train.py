@@ -263,6 +263,13 @@ def test_disk_full_while_logging_metrics_stops_with_the_reason(tmp_path: Path, t
                           cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=300, preexec_fn=full_disk)
     assert_one_error(proc, f"error: cannot write {run / 'metrics.jsonl'}: File too large; free disk space, then "
                            "resume with trainer.resume=auto")
+    torn = (run / "metrics.jsonl").read_text().splitlines()[-1]
+    assert torn != "{}"  # the disk filled mid-row
+    # space freed, the run goes again: its rows start on a line of their own, not fused to the torn one
+    train(compose_cfg(*tiny_overrides(text_file, **{"trainer.max_steps": 2, "trainer.resume": "auto"})), run)
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert lines[50_000] == torn
+    assert [json.loads(r)["step"] for r in lines[50_001:]] == [1, 2, 2]  # train rows 1, 2, then the eval at 2
 
 
 # ------------------------------------------------------------------- numerics
