@@ -96,6 +96,19 @@ def is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def model_preset(name: str) -> dict[str, Any]:
+    """The ``model=<name>`` option (conf/model/<name>.yaml) as a plain dict of model keys.
+
+    A preset that also carries its tuned optimizer settings is a ``_global_`` file with a ``model:``
+    section; only that section is returned."""
+    path = CONF_DIR / "model" / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
+        raise ConfigError(f"model={name} is not an option; choose one of {known}")
+    data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    return dict(data["model"]) if isinstance(data.get("model"), dict) else data
+
+
 def validate(cfg: dict[str, Any]) -> None:
     """Raise ConfigError with one line per problem, each naming the key and the allowed range."""
     p: list[str] = []
@@ -110,9 +123,14 @@ def validate(cfg: dict[str, Any]) -> None:
         _check(p, m["embed_dim"] % m["num_heads"] == 0,
                f"model.embed_dim={m['embed_dim']} must be divisible by model.num_heads={m['num_heads']}")
     if m.get("arch", "lfbyte") == "lfbyte":
-        for key in ("adapt_dim", "adapt_rank", "num_experts", "top_k", "chunk_size", "conv_size"):
+        for key in ("adapt_dim", "num_experts", "top_k", "chunk_size", "conv_size"):
             if key in m:
                 _check(p, is_int(m[key]), f"model.{key}={m[key]!r} must be an integer >= 1")
+        if "adapt_rank" in m:
+            _check(p, is_int(m["adapt_rank"], lo=0),
+                   f"model.adapt_rank={m['adapt_rank']!r} must be an integer >= 0 (0: no adaptive part)")
+        if "data_decay" in m:
+            _check(p, isinstance(m["data_decay"], bool), f"model.data_decay={m['data_decay']!r} must be true or false")
         if is_int(m.get("num_experts")) and is_int(m.get("top_k")) and m["num_experts"] > 1:
             _check(p, m["top_k"] <= m["num_experts"],
                    f"model.top_k={m['top_k']} must be <= model.num_experts={m['num_experts']}")

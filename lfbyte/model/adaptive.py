@@ -70,6 +70,7 @@ class AdaptiveLinear(nn.Module):
     ``in=out=adapt_dim=512, rank=32`` that is ≈1.19× an ``nn.Linear`` in both
     parameters and FLOPs. ``U`` starts at zero, so at init the layer *is* the
     plain linear layer and the adaptive part grows only as training finds it useful.
+    ``rank=0`` is exactly ``nn.Linear`` (``c`` is ignored): the ablation without adaptation.
     """
 
     def __init__(
@@ -81,10 +82,11 @@ class AdaptiveLinear(nn.Module):
         self.weight_down = nn.Parameter(torch.empty(out_features + rank, in_features))
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
         self.up = nn.Parameter(torch.zeros(out_features, rank))  # U
-        self.gate = nn.Linear(adapt_dim, rank)  # g(c)
+        self.gate = nn.Linear(adapt_dim, rank) if rank else None  # g(c)
         nn.init.normal_(self.weight_down, std=0.02)
-        nn.init.normal_(self.gate.weight, std=0.02)
-        nn.init.ones_(self.gate.bias)
+        if self.gate is not None:
+            nn.init.normal_(self.gate.weight, std=0.02)
+            nn.init.ones_(self.gate.bias)
 
     @property
     def weight(self) -> Tensor:
@@ -96,8 +98,10 @@ class AdaptiveLinear(nn.Module):
         """V: (rank, in_features), a view into the fused parameter."""
         return self.weight_down[self.out_features :]
 
-    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+    def forward(self, x: Tensor, c: Tensor | None) -> Tensor:
         """x: (..., in_features), c: (..., adapt_dim) -> (..., out_features)."""
+        if self.gate is None:
+            return F.linear(x, self.weight_down, self.bias)
         y, low = F.linear(x, self.weight_down).split([self.out_features, self.rank], dim=-1)
         y = y + F.linear(low * self.gate(c), self.up)
         return y if self.bias is None else y + self.bias

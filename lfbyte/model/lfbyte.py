@@ -37,14 +37,15 @@ class LFByteConfig:
     num_layers: int = 4
     num_heads: int = 4
     adapt_dim: int = 64
-    adapt_rank: int = 16
-    conv_size: int = 4
+    adapt_rank: int = 16  # 0: plain linear layers and no conditioner (the ablation without adaptation)
+    conv_size: int = 4  # conditioner window; 1: c_t sees byte t only (the ablation without a causal summary)
     num_experts: int = 4
     top_k: int = 2
     mlp_ratio: float = 8 / 3  # dense hidden = mlp_ratio·dim; each expert gets hidden/top_k
     moe_balance_weight: float = 0.01
     moe_z_weight: float = 0.001
     chunk_size: int = 64
+    data_decay: bool = True  # False: one fixed decay per head (the ablation without data-dependent decay)
     dropout: float = 0.0
     pos_encoding: str = "sinusoidal"
     tie_embeddings: bool = True
@@ -88,9 +89,10 @@ class LFBlock(nn.Module):
         d = cfg.embed_dim
         self.norm1 = nn.LayerNorm(d, bias=False)
         self.norm2 = nn.LayerNorm(d, bias=False)
-        self.conditioner = CausalConditioner(d, cfg.adapt_dim, cfg.conv_size)
+        # without an adaptive part nothing reads c_t, so it is not computed
+        self.conditioner = CausalConditioner(d, cfg.adapt_dim, cfg.conv_size) if cfg.adapt_rank else None
         self.mixer = TokenMixing(
-            d, cfg.num_heads, cfg.adapt_dim, cfg.adapt_rank, cfg.seq_len, cfg.chunk_size
+            d, cfg.num_heads, cfg.adapt_dim, cfg.adapt_rank, cfg.seq_len, cfg.chunk_size, cfg.data_decay
         )
         if cfg.num_experts > 1:
             hidden = max(64, cfg.hidden // cfg.top_k)
@@ -105,7 +107,7 @@ class LFBlock(nn.Module):
         self, x: Tensor, conv: Tensor | None, mix: Tensor | None
     ) -> tuple[Tensor, Tensor | None, RouterStats | None, Tensor, Tensor]:
         h = self.norm1(x)
-        c, conv = self.conditioner(h, conv)
+        c, conv = self.conditioner(h, conv) if self.conditioner is not None else (None, None)
         mixed, mix = self.mixer(h, c, mix)
         x = x + self.drop(mixed)
         h = self.norm2(x)
@@ -199,8 +201,8 @@ class LFByteTransformer(nn.Module):
         cfg = self.config
         d, a, r, H, C = cfg.embed_dim, cfg.adapt_dim, cfg.adapt_rank, cfg.num_heads, cfg.chunk_size
         dh = d // H
-        proj_out = 4 * d + H
-        per_layer = 2 * d * a + 2 * a * cfg.conv_size  # conditioner
+        proj_out = 4 * d + (H if cfg.data_decay else 0)
+        per_layer = (2 * d * a + 2 * a * cfg.conv_size) if r else 0  # conditioner
         per_layer += 2 * d * (proj_out + r) + 2 * a * r + 2 * r * proj_out  # adaptive in_proj
         per_layer += 4 * C * d + 4 * d * dh  # intra-chunk mixing + chunk states / inter-chunk read
         per_layer += 2 * math.ceil((seq_len or cfg.seq_len) / C) * d * dh // C  # combining chunk states

@@ -76,7 +76,8 @@ class TokenMixing(nn.Module):
     One AdaptiveLinear produces per-head queries, keys, values, an output gate and a
     data-dependent decay ``γ_t = exp(-softplus(a_t + β_h))`` whose per-head bias
     ``β_h`` spreads the initial half-lives from 1 to ~``seq_len`` bytes (short
-    heads see characters, long heads see sentences). Each head mixes positions with
+    heads see characters, long heads see sentences); ``data_decay=False`` keeps only
+    ``β_h`` (a fixed decay per head, the ablation). Each head mixes positions with
     :func:`decay_mix`; its output is RMS-normalised, gated by ``SiLU(gate)`` and
     projected back to the residual stream.
     """
@@ -89,27 +90,31 @@ class TokenMixing(nn.Module):
         adapt_rank: int,
         seq_len: int,
         chunk_size: int = 64,
+        data_decay: bool = True,
     ) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"embed_dim={dim} must be divisible by num_heads={num_heads}")
         self.dim, self.num_heads, self.head_dim = dim, num_heads, dim // num_heads
-        self.chunk_size = chunk_size
-        self.in_proj = AdaptiveLinear(dim, 4 * dim + num_heads, adapt_dim, adapt_rank, bias=False)
+        self.chunk_size, self.data_decay = chunk_size, data_decay
+        self.proj_out = 4 * dim + (num_heads if data_decay else 0)
+        self.in_proj = AdaptiveLinear(dim, self.proj_out, adapt_dim, adapt_rank, bias=False)
         half_lives = torch.logspace(0, math.log2(max(seq_len, 2)), num_heads, base=2.0)
         rate = math.log(2) / half_lives  # -log γ at init
         self.decay_bias = nn.Parameter(torch.log(torch.expm1(rate)))  # softplus⁻¹
         self.head_norm = nn.RMSNorm(self.head_dim, eps=1e-5)
         self.out_proj = nn.Linear(dim, dim, bias=False)
 
-    def forward(self, x: Tensor, c: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """x: (b, t, dim), c: (b, t, adapt_dim) -> (b, t, dim) and the new mixing state."""
+    def forward(self, x: Tensor, c: Tensor | None, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """x: (b, t, dim), c: (b, t, adapt_dim) or None -> (b, t, dim) and the new mixing state."""
         proj = self.in_proj(x, c)
-        q, k, v, gate, a = proj.split([self.dim] * 4 + [self.num_heads], dim=-1)
+        q, k, v, gate = proj[..., : 4 * self.dim].split(self.dim, dim=-1)
         q, k, v = (rearrange(z, "b t (h d) -> b h t d", h=self.num_heads) for z in (q, k, v))
         k = k * self.head_dim**-0.5
-        log_decay = -F.softplus(a.float() + self.decay_bias)
-        log_decay = rearrange(log_decay, "b t h -> b h t")
+        if self.data_decay:
+            log_decay = rearrange(-F.softplus(proj[..., 4 * self.dim :].float() + self.decay_bias), "b t h -> b h t")
+        else:
+            log_decay = (-F.softplus(self.decay_bias.float()))[None, :, None].expand(x.shape[0], -1, x.shape[1])
         out, state = decay_mix(q, k, v, log_decay, self.chunk_size, state)
         out = self.head_norm(out.to(x.dtype) if out.dtype != x.dtype else out)
         out = rearrange(out, "b h t d -> b t (h d)") * F.silu(gate)
