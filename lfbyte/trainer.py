@@ -122,6 +122,8 @@ class Trainer:
 
         self.batch_size, self.accum = int(tc["batch_size"]), int(tc["accumulation_steps"])
         self.bytes_per_step = self.batch_size * self.accum * info.world_size * self.seq_len
+        # training FLOPs per byte: forward + backward ≈ 3× the forward matmul FLOPs (the x axis of equal-compute plots)
+        self.flops_per_byte = 3 * self.model.flops_per_token(self.seq_len)
         self.steps_per_epoch = max(1, math.ceil(len(self.train_split) / self.bytes_per_step))
         limits = []
         if tc.get("epochs"):
@@ -369,7 +371,7 @@ class Trainer:
                     window_t, window_bytes = now, 0
                     row = {"train_loss": loss, "lr": lr, "grad_norm": grad_norm, "bytes_per_s": bps,
                            "epoch": self.step / self.steps_per_epoch, "elapsed_s": self.elapsed()}
-                    row["model_tflops"] = 3 * self.model.flops_per_token(self.seq_len) * bps / 1e12
+                    row["model_tflops"] = self.flops_per_byte * bps / 1e12
                     if tc.get("peak_tflops"):  # model_tflops counts every rank's bytes
                         row["mfu"] = row["model_tflops"] / (float(tc["peak_tflops"]) * info.world_size)
                     for i, st in enumerate(stats):
@@ -410,7 +412,8 @@ class Trainer:
         self.last_eval = metrics
         if self.best_val is None or metrics["val_loss"] < self.best_val:
             self.best_val = metrics["val_loss"]
-        self.logger.log({**metrics, "elapsed_s": self.elapsed()}, self.step)
+        self.logger.log({**metrics, "elapsed_s": self.elapsed(), "train_flops": self.flops_per_byte * self.bytes_seen},
+                        self.step)
         msg = f"step {self.step}: val_loss {metrics['val_loss']:.4f} | val_bpb {metrics['val_bpb']:.4f}"
         if self.info.is_main:
             (bar.write if bar is not None else print)(msg)
@@ -438,6 +441,7 @@ class Trainer:
             "epoch": self.step / self.steps_per_epoch,
             "elapsed_s": elapsed,
             "bytes_seen": self.bytes_seen,
+            "train_flops": self.flops_per_byte * self.bytes_seen,
             "bytes_per_s": self.bytes_seen / max(elapsed, 1e-9),
             "skipped_steps": self.skipped_steps,
             "parameters": self.model.num_parameters(),

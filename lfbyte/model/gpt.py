@@ -129,9 +129,14 @@ class GPT(nn.Module):
         return ModelOutput(logits, loss, None, [], new_state)
 
     def flops_per_token(self, seq_len: int | None = None) -> float:
-        """Forward matmul FLOPs per position: 2·(matmul params) + 4·L·d·T for attention."""
+        """Forward matmul FLOPs per position: 2·(matmul params) + causal attention.
+
+        Attention is counted as a causal kernel computes it: query ``t`` meets ``t + 1`` keys, so a
+        window of ``T`` averages ``(T + 1) / 2`` keys per position, each costing ``2·d`` for ``q·k``
+        and ``2·d`` for the weighted sum of values (flash kernels skip the masked half).
+        """
         cfg = self.config
         d, t = cfg.embed_dim, seq_len or cfg.seq_len
         hidden = int(cfg.mlp_ratio * d)
-        per_layer = 2 * (3 * d * d + d * d + 2 * d * hidden) + 4 * d * t
+        per_layer = 2 * (3 * d * d + d * d + 2 * d * hidden) + 2 * d * (t + 1)
         return float(cfg.num_layers * per_layer + 2 * d * cfg.vocab_size)
