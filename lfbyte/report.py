@@ -5,6 +5,12 @@ final ``metrics.json`` and its ``metrics.jsonl`` curve. Writes ``report.md``, ``
 ``report.png`` (into the sweep dir, or ``--out``). A job that failed, or never wrote its final metrics,
 is a row with its status and error, never silently missing; a job whose files are unreadable is an
 ``unknown`` row that names the file.
+
+Jobs that differ only in ``seed`` are one group: a second table gives each group's mean ± std, n, min
+and max of the final val bits/byte, names the best group per model (the ``model`` or ``experiment``
+override, or ``--per``), and says for each comparison whether the difference exceeds the seed spread
+(Welch's t-test). The plot shows each group's mean curve with a ±1 std band against wall-clock and
+against training FLOPs (3 × forward FLOPs per byte × bytes seen).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from typing import Any, NoReturn
 import yaml
 
 from .config import is_number
+from .stats import Summary, summarize, welch
 
 LN2 = math.log(2.0)
 NO_METRICS = "no metrics.json: the job is still running or was killed before writing it (see its train.log)"
@@ -289,7 +296,7 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def write_markdown(jobs: list[Job], rows: list[dict[str, Any]], swept: list[str], common: dict[str, str],
-                   sweep_dir: Path, plot_name: str | None, path: Path) -> None:
+                   sweep_dir: Path, plot_name: str | None, path: Path, grouped: list[str] | None = None) -> None:
     ok = [j for j in jobs if j.ok and j.value("val_bpb") is not None]
     lines = [f"# Sweep report: `{sweep_dir.name}`", ""]
     command = sweep_command(sweep_dir)
@@ -311,9 +318,174 @@ def write_markdown(jobs: list[Job], rows: list[dict[str, Any]], swept: list[str]
     for row in rows:
         cells = [_md_cell(_fmt_value(str(row[h])) if h in swept else row[h], fmts.get(h)) for h in headers]
         lines.append("| " + " | ".join(cells) + " |")
+    if grouped:
+        lines += ["", *grouped]
     if plot_name:
         lines += ["", f"![val bits/byte]({plot_name})"]
     path.write_text("\n".join(lines) + "\n")
+
+
+# ------------------------------------------------------------------ seeds
+SEED_KEY = "seed"
+ALPHA = 0.05  # a difference "exceeds the seed spread" when Welch's two-sided p is below this
+
+
+@dataclass
+class Group:
+    """The jobs of one setting: they differ only in their seed."""
+
+    settings: dict[str, str]  # the swept overrides other than the seed
+    jobs: list[Job]
+
+    @property
+    def finished(self) -> list[Job]:
+        return [j for j in self.jobs if j.ok and j.value("val_bpb") is not None]
+
+    @property
+    def values(self) -> list[float]:
+        return [v for j in self.finished if (v := j.value("val_bpb")) is not None]
+
+    def summary(self) -> Summary | None:
+        return summarize(self.values) if self.values else None
+
+    def mean_of(self, key: str) -> float | None:
+        vals = [v for j in self.finished if (v := _with_derived(j).get(key)) is not None and is_number(v)]
+        return sum(vals) / len(vals) if vals else None
+
+    def label(self, keys: list[str] | None = None) -> str:
+        keys = list(self.settings) if keys is None else keys
+        return " ".join(f"{_short(k)}={_fmt_value(self.settings[k])}" for k in keys) or "all jobs"
+
+
+def group_by_seed(jobs: list[Job], swept: list[str]) -> list[Group]:
+    """One group per setting of the swept keys other than ``seed``, in the order of their first job."""
+    keys = [k for k in swept if k != SEED_KEY]
+    groups: dict[tuple[str, ...], Group] = {}
+    for j in jobs:
+        settings = {k: j.overrides.get(k, "") for k in keys}
+        groups.setdefault(tuple(settings.values()), Group(settings, [])).jobs.append(j)
+    return list(groups.values())
+
+
+def per_key(swept: list[str], per: str | None) -> str | None:
+    """The override that names the model of a job: ``--per``, else ``model`` or ``experiment`` when swept."""
+    if per is not None:
+        return per
+    return next((k for k in ("model", "experiment") if k in swept), None)
+
+
+def best_per(groups: list[Group], key: str | None) -> dict[str, Group]:
+    """The group with the lowest mean final val bits/byte for each value of ``key`` (one entry without a key)."""
+    best: dict[str, Group] = {}
+    for g in groups:
+        s = g.summary()
+        if s is None:
+            continue
+        name = g.settings.get(key, "") if key else ""
+        if name not in best or s.mean < best[name].summary().mean:  # type: ignore[union-attr]
+            best[name] = g
+    return best
+
+
+@dataclass
+class Comparison:
+    a: Group
+    b: Group
+    why: str  # what this pair is: "best per model", "best vs runner-up", "vs <baseline>"
+
+    def line(self, keys: list[str]) -> list[str]:
+        sa, sb = self.a.summary(), self.b.summary()
+        assert sa is not None and sb is not None
+        test = welch(self.a.values, self.b.values)
+        if test is None:
+            verdict, t, df, p = f"n/a: needs ≥ 2 seeds each (n={sa.n} vs {sb.n})", "–", "–", "–"
+        else:
+            beyond = test.p < ALPHA
+            verdict = "**beyond the seed spread**" if beyond else "within the seed noise"
+            t, df, p = f"{test.t:.2f}", f"{test.df:.1f}", f"{test.p:.3g}"
+        return [self.why, self.a.label(keys), self.b.label(keys), f"{sa.mean - sb.mean:+.4f}",
+                f"{sa.mean / sb.mean:.3f}×", t, df, p, verdict]
+
+
+def comparisons(groups: list[Group], key: str | None, vs: dict[str, str] | None) -> list[Comparison]:
+    """The pairs worth a test: the best group of each model against each other, each model's best against
+    its runner-up (is the tuning's winner distinguishable?), and every group against ``vs`` when given."""
+    out: list[Comparison] = []
+    best = best_per(groups, key)
+    names = list(best)
+    for i, x in enumerate(names):
+        for y in names[i + 1:]:
+            a, b = sorted((best[x], best[y]), key=lambda g: g.summary().mean)  # type: ignore[union-attr]
+            out.append(Comparison(a, b, f"best per {_short(key or 'model')}"))
+    for name, top in best.items():
+        rivals = [g for g in groups if g is not top and g.summary() is not None
+                  and (key is None or g.settings.get(key, "") == name)]
+        if rivals:
+            runner = min(rivals, key=lambda g: g.summary().mean)  # type: ignore[union-attr]
+            out.append(Comparison(top, runner, "best vs runner-up"))
+    if vs:
+        base = [g for g in groups if all(g.settings.get(k) == v for k, v in vs.items())]
+        if not base:
+            raise ValueError(f"--vs {','.join(f'{k}={v}' for k, v in vs.items())} matches no group of this sweep; "
+                             f"groups: {[g.label() for g in groups]}")
+        if base[0].summary() is not None:
+            for g in groups:
+                if g is not base[0] and g.summary() is not None:
+                    out.append(Comparison(g, base[0], "vs " + base[0].label(list(vs))))
+    return out
+
+
+GROUP_COLUMNS = [  # (header, metrics key, format): means over a group's finished seeds
+    ("steps", "step", "{:,.0f}"),
+    ("bytes/s", "bytes_per_s", "{:,.0f}"),
+    ("train TFLOP", "train_flops", "{:.2f}"),
+    ("time (s)", "elapsed_s", "{:.1f}"),
+]
+
+
+def group_rows(groups: list[Group]) -> list[dict[str, Any]]:
+    rows = []
+    for g in groups:
+        s = g.summary()
+        row: dict[str, Any] = dict(g.settings)
+        row.update({"seeds": ",".join(j.overrides.get(SEED_KEY, "") for j in g.finished), "n": s.n if s else 0,
+                    "failed": len(g.jobs) - len(g.finished), "mean": s.mean if s else None,
+                    "std": s.std if s else None, "min": s.min if s else None, "max": s.max if s else None})
+        for header, key, _ in GROUP_COLUMNS:
+            v = g.mean_of(key)
+            row[header] = v / 1e12 if v is not None and key == "train_flops" else v
+        rows.append(row)
+    return rows
+
+
+def group_markdown(groups: list[Group], key: str | None, vs: dict[str, str] | None) -> list[str]:
+    keys = list(groups[0].settings)
+    lines = ["## Seeds grouped", "", "Final val bits/byte over the seeds of each setting (std: sample, n − 1).", ""]
+    headers = [*keys, "n", "val bits/byte mean ± std", "min", "max", *(h for h, _, _ in GROUP_COLUMNS)]
+    lines.append("| " + " | ".join(headers) + " |")
+    lines.append("|" + "|".join("---" if h in keys else "---:" for h in headers) + "|")
+    for g, row in zip(groups, group_rows(groups), strict=True):
+        s = g.summary()
+        stat = f"{s.mean:.4f} ± {s.std:.4f}" if s else "–"
+        n = f"{row['n']}" + (f" (+{row['failed']} failed)" if row["failed"] else "")
+        cells = [_md_cell(_fmt_value(g.settings[k])) for k in keys] + [n, stat, _md_cell(row["min"], "{:.4f}"),
+                                                                     _md_cell(row["max"], "{:.4f}")]
+        cells += [_md_cell(row[h], f) for h, _, f in GROUP_COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    for name, g in best_per(groups, key).items():
+        s = g.summary()
+        assert s is not None
+        who = f"Best for {key}={name}" if key else "Best overall"
+        shown = [k for k in keys if k != key]
+        setting = f"{g.label(shown)} — " if shown else ""
+        lines.append(f"{who}: {setting}{s.mean:.4f} ± {s.std:.4f} val bits/byte (n={s.n}).")
+    pairs = comparisons(groups, key, vs)
+    if pairs:
+        lines += ["", f"Differences (Welch's t-test on final val bits/byte; two-sided, α = {ALPHA}):", "",
+                  "| pair | A | B | A − B | A / B | t | df | p | verdict |", "|---|---|---|---:|---:|---:|---:|---:|---|"]
+        lines += ["| " + " | ".join(_md_cell(c) for c in pair.line(keys)) + " |" for pair in pairs]
+    return lines
 
 
 # ------------------------------------------------------------------- plot
@@ -334,42 +506,83 @@ def _label(job: Job, keys: list[str]) -> str:
     return " ".join(f"{_short(k)}={_fmt_value(job.overrides.get(k, ''))}" for k in keys) or job.name
 
 
-def write_plot(jobs: list[Job], swept: list[str], by: str | None, x_key: str, title: str, path: Path) -> None:
-    """Left: val bits/byte over training time, one line per job. Right: final val bits/byte against
-    ``x_key``, one line per value of the ``by`` override."""
+MAX_CURVES = 12  # more lines than this are unreadable: the best groups by mean are drawn
+
+
+def _mean_curve(jobs: list[Job], x_key: str) -> tuple[list[float], list[float], list[float]] | None:
+    """Each seed's val curve interpolated on a common x grid (where every seed has points): x, mean, std."""
+    import numpy as np
+
+    curves = []
+    for j in jobs:
+        pts = sorted((float(r[x_key]), float(r["val_bpb"])) for r in j.curve if is_number(r.get(x_key)))
+        if pts:
+            curves.append(np.array(pts))
+    if not curves:
+        return None
+    lo, hi = max(c[0, 0] for c in curves), min(c[-1, 0] for c in curves)
+    if len(curves) == 1 or hi <= lo:  # one seed, or seeds with no common span: the first seed alone
+        c = curves[0]
+        return list(c[:, 0]), list(c[:, 1]), [0.0] * len(c)
+    grid = np.linspace(lo, hi, 60)
+    ys = np.stack([np.interp(grid, c[:, 0], c[:, 1]) for c in curves])
+    return list(grid), list(ys.mean(0)), list(ys.std(0, ddof=1))
+
+
+def write_plot(groups: list[Group], by: str | None, x_key: str, title: str, path: Path,
+               per: str | None = None) -> None:
+    """Val bits/byte of each group's mean curve (±1 std band over seeds) against wall-clock and against
+    training FLOPs; right: final val bits/byte (mean ± std) against ``x_key``, one line per value of ``by``.
+    With many settings, the best of each model (``per``) share the curve panels equally."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ok = [j for j in jobs if j.ok]
-    fig, (ax_t, ax_p) = plt.subplots(1, 2, figsize=(13, 5))
-    for j in ok:
-        pts = [(r.get("elapsed_s"), r["val_bpb"]) for r in j.curve if isinstance(r.get("elapsed_s"), (int, float))]
-        if pts:
-            xs, ys = zip(*pts, strict=True)
-            ax_t.plot(xs, [float(y) for y in ys], marker=".", label=_label(j, swept))
-    ax_t.set(xlabel="training time (s)", ylabel="val bits/byte", title="validation during training")
-    if ax_t.lines:  # a legend with no lines is a matplotlib warning on stderr
-        ax_t.legend(fontsize=7)
+    done = sorted((g for g in groups if g.summary() is not None), key=lambda g: g.summary().mean)  # type: ignore[union-attr]
+    models = list(dict.fromkeys(g.settings.get(per, "") if per else "" for g in done))
+    quota = max(1, MAX_CURVES // max(1, len(models)))
+    shown = [g for m in models for g in [g for g in done if (g.settings.get(per, "") if per else "") == m][:quota]]
+    fig, (ax_t, ax_f, ax_p) = plt.subplots(1, 3, figsize=(19, 5.5))
+    for g in shown:
+        label = g.label() + (f" (n={len(g.finished)})" if len(g.finished) > 1 else "")
+        for ax, key in ((ax_t, "elapsed_s"), (ax_f, "train_flops")):
+            curve = _mean_curve(g.finished, key)
+            if curve is None:
+                continue
+            xs, mean, std = curve
+            line, = ax.plot(xs, mean, label=label, lw=1.4)
+            ax.fill_between(xs, [m - s for m, s in zip(mean, std, strict=True)],
+                            [m + s for m, s in zip(mean, std, strict=True)], color=line.get_color(), alpha=0.2)
+    more = f" (best {quota} per {_short(per or 'model')}, of {len(done)})" if len(done) > len(shown) else ""
+    ax_t.set(xlabel="training time (s)", ylabel="val bits/byte", title="equal time: mean ± std over seeds" + more)
+    ax_f.set(xlabel="training FLOPs (3 × forward FLOPs/byte × bytes)", ylabel="val bits/byte",
+             title="equal compute" + more)
+    ax_f.set_xscale("log")
+    for ax in (ax_t, ax_f):
+        if ax.lines:  # a legend with no lines is a matplotlib warning on stderr
+            ax.legend(fontsize=6)
 
-    groups: dict[str, list[Job]] = {}
-    for j in ok:
-        groups.setdefault(j.overrides.get(by, "") if by else "", []).append(j)
-    for value in groups:  # in job order, so a sweep over one key colours both panels alike
-        pts = sorted((x, y) for j in groups[value]
-                     if (x := j.value(x_key)) is not None and (y := j.value("val_bpb")) is not None)
+    lines: dict[str, list[Group]] = {}
+    for g in done:
+        lines.setdefault(g.settings.get(by, "") if by else "", []).append(g)
+    for value, members in lines.items():
+        pts = sorted((x, s.mean, s.std) for g in members
+                     if (x := g.mean_of(x_key)) is not None and (s := g.summary()) is not None)
         if pts:
-            xs, ys = zip(*pts, strict=True)
-            ax_p.plot(xs, ys, marker="o", label=f"{_short(by)}={value}" if by else "jobs")
-    if x_key == "parameters":
+            xs, ys, es = zip(*pts, strict=True)
+            ax_p.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=f"{_short(by)}={value}" if by else "jobs")
+    if x_key in ("parameters", "train_flops", "optimizer.lr"):
         ax_p.set_xscale("log")
-    ax_p.set(xlabel=x_key.replace("_", " "), ylabel="final val bits/byte", title=f"final val bits/byte vs {x_key}")
+    ax_p.set(xlabel=x_key.replace("_", " "), ylabel="final val bits/byte (mean ± std)",
+             title=f"final val bits/byte vs {x_key}")
     if ax_p.lines:
         ax_p.legend(fontsize=8)
-    failed = len(jobs) - len(ok)
-    fig.suptitle(f"{title}: {len(ok)} jobs plotted" + (f", {failed} not completed (not plotted)" if failed else ""))
-    for ax in (ax_t, ax_p):
+    jobs = [j for g in groups for j in g.jobs]
+    ok = sum(j.ok for j in jobs)
+    fig.suptitle(f"{title}: {ok} jobs in {len(done)} settings"
+                 + (f", {len(jobs) - ok} not completed (not plotted)" if len(jobs) > ok else ""))
+    for ax in (ax_t, ax_f, ax_p):
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -378,8 +591,13 @@ def write_plot(jobs: list[Job], swept: list[str], by: str | None, x_key: str, ti
 
 # ------------------------------------------------------------------ entry
 def report(sweep_dir: str | Path, out_dir: str | Path | None = None, by: str | None = None,
-           x_key: str = "parameters", plot: bool = True) -> list[dict[str, Any]]:
-    """Write report.md / report.csv / report.png for ``sweep_dir``; return the table rows."""
+           x_key: str = "parameters", plot: bool = True, per: str | None = None,
+           vs: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """Write report.md / report.csv (+ report_groups.csv) / report.png for ``sweep_dir``; return the job rows.
+
+    ``per``: the override naming each job's model (default ``model`` or ``experiment`` when swept);
+    ``vs``: a setting (``{"ablation": "none"}``) that every other group is tested against.
+    """
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise FileNotFoundError(f"{sweep_dir} is not a directory; pass a multirun dir such as outputs/multirun/<time>")
@@ -390,17 +608,28 @@ def report(sweep_dir: str | Path, out_dir: str | Path | None = None, by: str | N
     out = Path(out_dir) if out_dir else sweep_dir
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file; pass a folder to write report.md, report.csv and report.png into")
-    out.mkdir(parents=True, exist_ok=True)
     swept, common = swept_keys(jobs)
-    if by is None and swept:  # the swept key with fewest values gives the fewest, longest lines
-        by = min(swept, key=lambda k: (len({j.overrides.get(k) for j in jobs}), k))
+    settings = [k for k in swept if k != SEED_KEY]
+    if by is None and settings:  # the swept key with fewest values gives the fewest, longest lines
+        by = min(settings, key=lambda k: (len({j.overrides.get(k) for j in jobs}), k))
     if by is not None and by not in swept and by not in common:
         raise ValueError(f"--by {by!r} is not an override of this sweep; choose from {swept or sorted(common)}")
+    per = per_key(swept, per)
+    if per is not None and per not in settings:
+        raise ValueError(f"--per {per!r} is not a swept override of this sweep; choose from {settings}")
+    for key in vs or {}:
+        if key not in settings:
+            raise ValueError(f"--vs {key}=... is not a swept override of this sweep; choose from {settings}")
+    groups = group_by_seed(jobs, swept)
+    grouped = group_markdown(groups, per, vs) if SEED_KEY in swept or vs else None
+    out.mkdir(parents=True, exist_ok=True)
     rows = table_rows(jobs, swept)
     write_csv(rows, out / "report.csv")
+    if grouped:
+        write_csv(group_rows(groups), out / "report_groups.csv")
     if plot:
-        write_plot(jobs, swept, by, x_key, sweep_dir.resolve().name, out / "report.png")
-    write_markdown(jobs, rows, swept, common, sweep_dir, "report.png" if plot else None, out / "report.md")
+        write_plot(groups, by, x_key, sweep_dir.resolve().name, out / "report.png", per)
+    write_markdown(jobs, rows, swept, common, sweep_dir, "report.png" if plot else None, out / "report.md", grouped)
     return rows
 
 
@@ -418,12 +647,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="where to write report.{md,csv,png} (default: the sweep dir)")
     parser.add_argument("--by", help="override whose values get one line each in the plot (default: the swept "
                                      "key with fewest values)")
-    parser.add_argument("--x", dest="x_key", default="parameters", choices=["parameters", "elapsed_s", "bytes_per_s"],
+    parser.add_argument("--x", dest="x_key", default="parameters",
+                        choices=["parameters", "elapsed_s", "bytes_per_s", "train_flops"],
                         help="x axis of the final-value plot")
+    parser.add_argument("--per", help="override that names each job's model, for 'best per model' "
+                                      "(default: model or experiment, when swept)")
+    parser.add_argument("--vs", help="KEY=VALUE of a setting every other setting is tested against "
+                                     "(e.g. ablation=none)")
     parser.add_argument("--no-plot", action="store_true", help="write only the table")
     args = parser.parse_args(argv)
     try:
-        rows = report(args.sweep_dir, args.out, args.by, args.x_key, plot=not args.no_plot)
+        key, sep, value = (args.vs or "").partition("=")
+        if args.vs is not None and not (key and sep):
+            raise ValueError(f"--vs {args.vs!r} must be KEY=VALUE, e.g. --vs ablation=none")
+        rows = report(args.sweep_dir, args.out, args.by, args.x_key, plot=not args.no_plot, per=args.per,
+                      vs={key: value} if args.vs else None)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -128,7 +128,7 @@ def test_an_unknown_argument_is_one_line_not_argparse_usage() -> None:
     [
         ([], "error: the following arguments are required: sweep_dir; see python -m lfbyte.report --help"),
         (["x", "--x", "loss"], "error: argument --x: invalid choice: 'loss' (choose from 'parameters', 'elapsed_s', "
-                               "'bytes_per_s'); see python -m lfbyte.report --help"),
+                               "'bytes_per_s', 'train_flops'); see python -m lfbyte.report --help"),
         (["x", "--out"], "error: argument --out: expected one argument; see python -m lfbyte.report --help"),
     ],
 )

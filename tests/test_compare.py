@@ -1,0 +1,180 @@
+"""Comparisons that hold up: FLOP counts checked against torch's own counter, seed statistics,
+and the report's seed groups, best-per-model lines and significance verdicts."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import random
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from torch.utils.flop_counter import FlopCounterMode
+
+from lfbyte.config import model_preset
+from lfbyte.model import build_model
+from lfbyte.report import main as report_main
+from lfbyte.report import report
+from lfbyte.stats import betainc, summarize, t_two_sided_p, welch
+
+aten = torch.ops.aten
+
+
+# ------------------------------------------------------------------ FLOPs
+def _grouped_mm_flops(a_shape: list[int], b_shape: list[int], *args: object, **kwargs: object) -> int:
+    """MoE dispatch: (tokens, k) @ per-expert (k, n) over sorted groups = 2·tokens·k·n, as computed."""
+    return 2 * a_shape[0] * a_shape[1] * b_shape[-1]
+
+
+def _causal_sdpa_flops(q_shape: list[int], k_shape: list[int], v_shape: list[int], dropout_p: float = 0.0,
+                       is_causal: bool = False, *args: object, **kwargs: object) -> int:
+    """q·kᵀ and p·v over the pairs a causal kernel computes (s ≤ t): b·h·T(T+1)/2 pairs, 4·dh each."""
+    b, h, t, dh = q_shape
+    assert is_causal and k_shape[2] == t, "the GPT's training forward is plain causal self-attention"
+    return 4 * b * h * dh * t * (t + 1) // 2
+
+
+def _counted_flops_per_token(model: torch.nn.Module, seq_len: int) -> float:
+    mapping = {aten._grouped_mm: _grouped_mm_flops,
+               aten._scaled_dot_product_flash_attention_for_cpu: _causal_sdpa_flops}
+    x = torch.randint(0, 256, (2, seq_len))
+    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+        model(x)
+    return counter.get_total_flops() / x.numel()
+
+
+MODELS = [  # every preset, plus the ablations and a length that is no multiple of the chunk
+    *((name, {}) for name in ("tiny", "mini", "small", "gpt_tiny", "gpt_mini", "gpt_small")),
+    ("mini", {"adapt_rank": 0}), ("mini", {"num_experts": 1}), ("mini", {"data_decay": False}),
+    ("mini", {"conv_size": 1}), ("mini", {"seq_len": 100}), ("gpt_mini", {"seq_len": 100}),
+]
+
+
+@pytest.mark.parametrize(("preset", "extra"), MODELS, ids=[f"{p}-{e}" if e else p for p, e in MODELS])
+def test_flops_per_token_matches_torch_flop_counter(preset: str, extra: dict) -> None:
+    torch.manual_seed(0)
+    cfg = {**model_preset(preset), **extra}
+    model = build_model(cfg).eval()
+    counted = _counted_flops_per_token(model, cfg["seq_len"])
+    assert model.flops_per_token(cfg["seq_len"]) == pytest.approx(counted, rel=0.05)
+
+
+def test_gpt_attention_flops_are_causal_not_square() -> None:
+    model = build_model(model_preset("gpt_mini"))
+    d, layers = model.config.embed_dim, model.config.num_layers
+    # doubling the context adds the causal attention of the extra positions only: 2·d·ΔT per layer
+    assert model.flops_per_token(256) - model.flops_per_token(128) == pytest.approx(layers * 2 * d * 128)
+
+
+# ------------------------------------------------------------------ statistics
+def test_student_t_tail_matches_tables() -> None:
+    assert t_two_sided_p(2.0, 5) == pytest.approx(0.101939, abs=1e-6)  # t-table, 5 dof
+    assert t_two_sided_p(12.7062, 1) == pytest.approx(0.05, abs=1e-6)  # 97.5 % quantile, 1 dof
+    assert t_two_sided_p(1.95996, 1e6) == pytest.approx(0.05, abs=1e-5)  # the normal limit
+    assert t_two_sided_p(0.0, 3) == pytest.approx(1.0)
+    assert betainc(2.0, 3.0, 0.4) == pytest.approx(0.5248, abs=1e-4)  # I_0.4(2,3) = 1 - 0.6^4 - 4·0.4·0.6^3
+
+
+def test_welch_matches_scipy_when_available() -> None:
+    scipy_stats = pytest.importorskip("scipy.stats")
+    rng = random.Random(0)
+    for _ in range(50):
+        a = [rng.gauss(0, 1) for _ in range(rng.randint(2, 6))]
+        b = [rng.gauss(rng.random(), rng.random() * 3 + 0.1) for _ in range(rng.randint(2, 6))]
+        ours, ref = welch(a, b), scipy_stats.ttest_ind(a, b, equal_var=False)
+        assert ours is not None
+        assert ours.t == pytest.approx(ref.statistic, rel=1e-9) and ours.p == pytest.approx(ref.pvalue, abs=1e-9)
+
+
+def test_summary_and_welch_edge_cases() -> None:
+    s = summarize([2.0, 4.0, 6.0])
+    assert (s.n, s.mean, s.std, s.min, s.max) == (3, 4.0, 2.0, 2.0, 6.0)
+    assert summarize([3.0]).std == 0.0
+    assert welch([1.0], [1.0, 2.0]) is None  # one seed says nothing about the spread
+    same = welch([1.0, 1.0], [1.0, 1.0])
+    assert same is not None and same.p == 1.0
+    apart = welch([1.0, 1.0], [2.0, 2.0])
+    assert apart is not None and apart.p == 0.0 and math.isinf(apart.t)
+
+
+# ------------------------------------------------------------------ report
+def _job(sweep: Path, name: str, overrides: dict[str, object], bpb: float, step: int = 100) -> None:
+    job = sweep / name
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"{k}={v}" for k, v in overrides.items()]))
+    curve = [{"step": s, "val_bpb": bpb + 2.0 * (1 - s / step), "elapsed_s": s * 0.5, "train_flops": s * 1e9}
+             for s in (step // 4, step // 2, step)]
+    (job / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in curve))
+    (job / "metrics.json").write_text(json.dumps({"status": "completed", "val_bpb": bpb, "step": step,
+                                                  "elapsed_s": step * 0.5, "train_flops": step * 1e9,
+                                                  "bytes_per_s": 1000.0, "parameters": 1000}))
+
+
+@pytest.fixture
+def tuned_sweep(tmp_path: Path) -> Path:
+    """Two models x two learning rates x three seeds, with known final values."""
+    sweep = tmp_path / "tune"
+    values = {("lf", "1e-3"): [2.00, 2.02, 2.04], ("lf", "3e-3"): [2.01, 2.03, 2.05],  # lr within the noise
+              ("gpt", "1e-3"): [2.50, 2.52, 2.54], ("gpt", "3e-3"): [2.30, 2.31, 2.32]}  # models far apart
+    n = 0
+    for (model, lr), bpbs in values.items():
+        for seed, bpb in enumerate(bpbs, start=1):
+            _job(sweep, f"{n}_{model}", {"model": model, "optimizer.lr": lr, "seed": seed}, bpb)
+            n += 1
+    return sweep
+
+
+def test_report_groups_seeds_and_names_the_best_setting_per_model(tuned_sweep: Path) -> None:
+    report(tuned_sweep)
+    with open(tuned_sweep / "report_groups.csv") as f:
+        groups = {(r["model"], r["optimizer.lr"]): r for r in csv.DictReader(f)}
+    assert set(groups) == {("lf", "1e-3"), ("lf", "3e-3"), ("gpt", "1e-3"), ("gpt", "3e-3")}
+    lf = groups[("lf", "1e-3")]
+    assert (lf["n"], lf["seeds"]) == ("3", "1,2,3")
+    assert float(lf["mean"]) == pytest.approx(2.02) and float(lf["std"]) == pytest.approx(0.02)
+    assert (float(lf["min"]), float(lf["max"])) == (pytest.approx(2.00), pytest.approx(2.04))
+    md = (tuned_sweep / "report.md").read_text()
+    assert "| lf | 1e-3 | 3 | 2.0200 ± 0.0200 | 2.0000 | 2.0400 |" in md
+    assert "Best for model=lf: lr=1e-3 — 2.0200 ± 0.0200 val bits/byte (n=3)." in md
+    assert "Best for model=gpt: lr=3e-3 — 2.3100 ± 0.0100 val bits/byte (n=3)." in md
+    lines = {line.split(" | ")[0].lstrip("| ") + ":" + line.split(" | ")[1]: line for line in md.splitlines()
+             if line.startswith("| best")}
+    # the two models' best settings differ far beyond the seed spread; lf's two learning rates do not
+    assert "beyond the seed spread" in lines["best per model:model=lf lr=1e-3"]
+    assert "0.874×" in lines["best per model:model=lf lr=1e-3"]
+    assert "within the seed noise" in lines["best vs runner-up:model=lf lr=1e-3"]
+    assert "beyond the seed spread" in lines["best vs runner-up:model=gpt lr=3e-3"]
+    assert (tuned_sweep / "report.png").stat().st_size > 0
+
+
+def test_report_tests_every_setting_against_a_baseline(tmp_path: Path) -> None:
+    sweep = tmp_path / "ablate"
+    for i, (ablation, bpbs) in enumerate({"none": [2.0, 2.01, 2.02], "no_moe": [2.0, 2.02, 2.04],
+                                          "no_pos": [2.2, 2.21, 2.22]}.items()):
+        for seed, bpb in enumerate(bpbs, start=1):
+            _job(sweep, f"{i}{seed}", {"+ablation": ablation, "seed": seed}, bpb)
+    assert report_main([str(sweep), "--vs", "ablation=none", "--no-plot"]) == 0
+    md = (sweep / "report.md").read_text()
+    vs = [line for line in md.splitlines() if line.startswith("| vs ablation=none")]
+    assert len(vs) == 2
+    assert "ablation=no_moe" in vs[0] and "within the seed noise" in vs[0]
+    assert "ablation=no_pos" in vs[1] and "beyond the seed spread" in vs[1] and "+0.2000" in vs[1]
+
+
+def test_report_single_seed_comparison_says_it_cannot_judge(tmp_path: Path) -> None:
+    sweep = tmp_path / "s"
+    _job(sweep, "0", {"model": "a", "seed": 1}, 2.0)
+    _job(sweep, "1", {"model": "b", "seed": 2}, 2.5)
+    report(sweep, plot=False)
+    assert "n/a: needs ≥ 2 seeds each (n=1 vs 1)" in (sweep / "report.md").read_text()
+
+
+def test_report_rejects_an_unknown_baseline(tuned_sweep: Path, capsys: pytest.CaptureFixture) -> None:
+    assert report_main([str(tuned_sweep), "--vs", "model=nope", "--no-plot"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --vs model=nope matches no group")
+    assert report_main([str(tuned_sweep), "--vs", "nokey", "--no-plot"]) == 2
+    assert "must be KEY=VALUE" in capsys.readouterr().err
