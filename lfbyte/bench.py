@@ -31,9 +31,9 @@ from typing import Any
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from .config import CONF_DIR, to_plain, validate
+from .config import CONF_DIR, model_preset, to_plain, validate
 from .errors import ConfigError, LFByteError, exit_with
 from .precision import autocast
 
@@ -43,12 +43,11 @@ MATMUL_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 # ---------------------------------------------------------------- configs
 def model_config(name: str) -> dict[str, Any]:
-    """The ``model=<name>`` group option as a plain dict (conf/model/<name>.yaml)."""
-    path = CONF_DIR / "model" / f"{name}.yaml"
-    if not path.is_file():
-        known = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
-        raise ConfigError(f"bench: no model config {name!r}; choose from {known}")
-    return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    """The ``model=<name>`` group option as a plain dict of model keys."""
+    try:
+        return model_preset(name)
+    except ConfigError as e:
+        raise ConfigError(f"bench: {e}") from None
 
 
 def train_config(base: dict[str, Any], model: str, **trainer: Any) -> dict[str, Any]:

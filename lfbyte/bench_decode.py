@@ -19,9 +19,8 @@ import time
 from typing import Any
 
 import torch
-import yaml
 
-from .config import CONF_DIR
+from .config import model_preset
 from .errors import ConfigError, LFByteError
 from .generate import Decoder, sample_byte
 from .model import build_model
@@ -50,11 +49,7 @@ def bytes_per_second(model: torch.nn.Module, context: list[int], new_bytes: int,
 
 
 def run(cfg: dict[str, Any]) -> str:
-    model_yaml = CONF_DIR / "model" / f"{cfg['model']}.yaml"
-    if not model_yaml.is_file():
-        raise ConfigError(f"model={cfg['model']} has no {model_yaml}; choose one of "
-                          f"{sorted(p.stem for p in (CONF_DIR / 'model').glob('*.yaml'))}")
-    model_cfg = {**yaml.safe_load(model_yaml.read_text()), "seq_len": int(cfg["seq_len"]), "dropout": 0.0}
+    model_cfg = {**model_preset(str(cfg["model"])), "seq_len": int(cfg["seq_len"]), "dropout": 0.0}
     contexts = [int(c) for c in cfg["contexts"]]
     new_bytes = int(cfg["new_bytes"])
     if max(contexts) + new_bytes > model_cfg["seq_len"]:

@@ -97,6 +97,6 @@ def test_cli_prints_the_table_and_rejects_typos_in_one_line(tmp_path: Path, text
 
     bad = run_cli("lfbyte.bench", "bench.sections=[throughput]", "bench.throughput.models=[smal]", *common)
     assert bad.returncode == 2
-    assert bad.stderr.strip().splitlines()[-1].startswith("error: bench: no model config 'smal'")
+    assert bad.stderr.strip().splitlines()[-1].startswith("error: bench: model=smal is not an option")
     bad = run_cli("lfbyte.bench", "bench.sections=[speed]", *common)
     assert bad.returncode == 2 and "bench.sections has unknown ['speed']" in bad.stderr

@@ -46,7 +46,7 @@ def _cli(tmp_path: Path, text_file: Path, *args: str, **extra: object) -> subpro
          f"error: trainer.batchsize is not a known option (did you mean trainer.batch_size?); {KEYS_HINT}"),
         (["+trainer.learning_rate=1"], f"error: trainer.learning_rate is not a known option; {KEYS_HINT}"),
         (["model=smal"], "error: model=smal is not an option (did you mean small?); "
-                         "choose one of: base, gpt_base, gpt_small, gpt_tiny, small, tiny"),
+                         "choose one of: base, gpt_base, gpt_mini, gpt_small, gpt_tiny, mini, small, tiny"),
         (["trainer.batch_size=[1"], "error: cannot parse the override 'trainer.batch_size=[1': no viable alternative "
                                     "at input '[1' (quote values with spaces, commas or brackets: "
                                     "key=\"'a, b'\")"),
@@ -99,7 +99,7 @@ def test_every_value_is_checked_before_data_is_read(override: str, line: str) ->
          "in the sweep job with model.embed_dim=32 model.num_heads=3: model.embed_dim=32 must be divisible by "
          "model.num_heads=3"),
         (["-m", "model=tiny,smal"], "model=smal is not an option (did you mean small?); "
-                                    "choose one of: base, gpt_base, gpt_small, gpt_tiny, small, tiny"),
+                                    "choose one of: base, gpt_base, gpt_mini, gpt_small, gpt_tiny, mini, small, tiny"),
         (["hparams_search=optuna", "model.num_layers=choice(2,0)"],  # the config itself says MULTIRUN
          "in the sweep job with model.num_layers=0: model.num_layers=0 must be an integer >= 1"),
         (["model.embed_dim=64,128"], "Ambiguous value for argument 'model.embed_dim=64,128'; 1. To use it as a list, "

@@ -17,7 +17,7 @@ import yaml
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from lfbyte.config import to_plain, validate
+from lfbyte.config import CONF_DIR, check_overrides, to_plain, validate
 from lfbyte.logger import Logger
 from lfbyte.report import main as report_main
 from lfbyte.report import report
@@ -242,13 +242,18 @@ def _sweep_combinations(params: dict[str, str]) -> list[list[str]]:
     return combos
 
 
-@pytest.mark.parametrize("experiment", ["dims_sweep", "vs_baseline"])
+SWEEPS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml") if not p.stem.startswith("recipe_"))
+RECIPES = sorted(p.stem for p in (CONF_DIR / "experiment").glob("recipe_*.yaml"))
+
+
+@pytest.mark.parametrize("experiment", SWEEPS)
 def test_every_job_of_the_shipped_experiments_is_a_valid_config(experiment: str) -> None:
     import torch
     from hydra.types import RunMode
 
     from lfbyte.model import build_model
 
+    check_overrides("train", [f"experiment={experiment}"], check=validate)  # the launcher's own pre-flight check
     exp = _compose_with_hydra(f"experiment={experiment}")
     assert exp.hydra.mode == RunMode.MULTIRUN  # `experiment=<name>` alone launches the sweep
     combos = _sweep_combinations(OmegaConf.to_container(exp.hydra.sweeper.params))
@@ -258,6 +263,32 @@ def test_every_job_of_the_shipped_experiments_is_a_valid_config(experiment: str)
         validate(plain)
         with torch.device("meta"):
             build_model(plain["model"])
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_budget_recipes_are_single_runs_with_a_time_budget(recipe: str) -> None:
+    import torch
+
+    from lfbyte.model import build_model
+
+    plain = to_plain(compose_cfg(f"experiment={recipe}"))
+    validate(plain)
+    minutes = int(recipe.split("_")[1].removesuffix("min"))
+    assert plain["trainer"]["max_time"] == 60 * minutes and plain["trainer"]["epochs"] is None
+    assert (plain["model"]["arch"] == "gpt") == recipe.endswith("_gpt")
+    with torch.device("meta"):
+        build_model(plain["model"])
+
+
+def test_ablations_each_turn_one_component_off() -> None:
+    base = to_plain(compose_cfg("experiment=recipe_2min"))["model"]
+    changed = {}
+    for ablation in ("none", "no_adaptive", "no_conditioner", "no_moe", "no_pos", "fixed_decay"):
+        model = to_plain(compose_cfg("experiment=recipe_2min", f"ablation={ablation}"))["model"]
+        changed[ablation] = {k: v for k, v in model.items() if base.get(k) != v}
+    assert changed == {"none": {}, "no_adaptive": {"adapt_rank": 0}, "no_conditioner": {"conv_size": 1},
+                       "no_moe": {"num_experts": 1}, "no_pos": {"pos_encoding": "none"},
+                       "fixed_decay": {"data_decay": False}}
 
 
 def _compose_with_hydra(*overrides: str) -> Any:

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Runs training jobs two at a time (one core each), in the order of a queue file whose lines are
+#   <run dir> <overrides...>          (blank lines and lines starting with # are skipped)
+# Jobs that already wrote metrics.json are skipped, so an interrupted queue resumes where it stopped.
+# Each pair holds a lock that other timed work on the machine takes too (flock $LOCK <command>),
+# so no measurement shares the cores with a third process.
+#   bash experiments/run_queue.sh experiments/compare/queue_2min.txt
+set -uo pipefail
+LOCK=${LOCK:-/tmp/lfbyte-cpu.lock}
+py=${PYTHON:-.venv/bin/python}
+mapfile -t lines < <(grep -v '^\s*\(#\|$\)' "$1")
+run() {  # run dir, overrides...
+  local dir=$1; shift
+  mkdir -p "$(dirname "$dir")"
+  "$py" -m lfbyte.train "$@" hydra.mode=RUN hydra.run.dir="$dir" > /dev/null 2> "$dir.err"
+}
+pending=()
+for line in "${lines[@]}"; do
+  read -r -a words <<< "$line"
+  [ -f "${words[0]}/metrics.json" ] || pending+=("$line")
+done
+for ((i = 0; i < ${#pending[@]}; i += 2)); do
+  read -r -a a <<< "${pending[i]}"
+  b=()
+  if ((i + 1 < ${#pending[@]})); then read -r -a b <<< "${pending[i + 1]}"; fi
+  export -f run; export py
+  flock "$LOCK" bash -c 'run "${@:2:$1}" & if (($# > $1 + 1)); then run "${@:$(($1 + 2))}" & fi; wait' \
+    _ "${#a[@]}" "${a[@]}" "${b[@]}"
+  echo "$(date +%T) done ${a[0]} ${b[0]:-}"
+done
