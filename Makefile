@@ -1,4 +1,5 @@
-# make train   — set up .venv (first time) and train model=small on the embedded default corpus
+# make train   — set up .venv (first time) and train the 2-minute recipe (experiment=recipe_2min, the tuned
+#                LFByteTransformer for that budget) on the embedded default corpus
 # make test    — set up .venv (first time), lint, and run the whole test suite (fast, then slow)
 # TORCH=...    — the torch requirement; the default pin takes the CPU wheel on CPU-only dev boxes.
 #                On a GPU machine: make setup TORCH=torch   (pulls the CUDA build)
@@ -19,7 +20,7 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed
 
 train: setup
-	$(PY) -m lfbyte.train model=small data=text
+	$(PY) -m lfbyte.train experiment=recipe_2min data=text trainer.progress=true
 
 lint: setup
 	$(PY) -m ruff check lfbyte tests
