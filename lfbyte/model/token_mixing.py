@@ -97,8 +97,8 @@ class TokenMixing(nn.Module):
             raise ValueError(f"embed_dim={dim} must be divisible by num_heads={num_heads}")
         self.dim, self.num_heads, self.head_dim = dim, num_heads, dim // num_heads
         self.chunk_size, self.data_decay = chunk_size, data_decay
-        self.proj_out = 4 * dim + (num_heads if data_decay else 0)
-        self.in_proj = AdaptiveLinear(dim, self.proj_out, adapt_dim, adapt_rank, bias=False)
+        proj_out = 4 * dim + (num_heads if data_decay else 0)  # q, k, v, gate (+ per-head decay input)
+        self.in_proj = AdaptiveLinear(dim, proj_out, adapt_dim, adapt_rank, bias=False)
         half_lives = torch.logspace(0, math.log2(max(seq_len, 2)), num_heads, base=2.0)
         rate = math.log(2) / half_lives  # -log γ at init
         self.decay_bias = nn.Parameter(torch.log(torch.expm1(rate)))  # softplus⁻¹
