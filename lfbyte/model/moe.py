@@ -84,7 +84,7 @@ class MixtureOfExperts(nn.Module):
     def _compute(x: Tensor) -> Tensor:
         """x in the dtype the matmuls run in: the autocast dtype when autocast is on (grouped_mm has no
         autocast rule of its own), so tokens are moved around at that width too."""
-        if torch.is_autocast_enabled(x.device.type):
+        if not x.is_meta and torch.is_autocast_enabled(x.device.type):
             return x.to(torch.get_autocast_dtype(x.device.type))
         return x
 
@@ -109,13 +109,18 @@ class MixtureOfExperts(nn.Module):
             return out.to(x.dtype).reshape(shape), *self._losses(logits, probs, counts, assignment.numel())
         order = assignment.argsort(stable=True)
         token_of = order // self.top_k
-        counts = torch.bincount(assignment, minlength=self.num_experts)
+        if assignment.is_meta:  # memory estimation (lfbyte.resources): no routing data, assume an even load
+            n, e = assignment.numel(), self.num_experts
+            counts = torch.tensor([n // e + (i < n % e) for i in range(e)])
+        else:
+            counts = torch.bincount(assignment, minlength=self.num_experts)
         # index_select / index_add_ move rows in both directions (their backwards are each other),
         # far cheaper on CPU than advanced indexing, whose backward is a sorting index_put_.
         routed = self._compute(flat).index_select(0, token_of)  # assignments grouped by expert
         ys = self.grouped_experts(routed, counts) * gates.reshape(-1)[order, None].to(routed.dtype)
         out = torch.zeros_like(flat, dtype=ys.dtype).index_add_(0, token_of, ys)
 
+        counts = counts.to(x.device)  # (on the meta device the even load was made on the host)
         return out.to(x.dtype).reshape(shape), *self._losses(logits, probs, counts, assignment.numel())
 
     def _losses(self, logits: Tensor, probs: Tensor, counts: Tensor, assignments: int) -> tuple[Tensor, RouterStats]:
