@@ -12,7 +12,8 @@ mapfile -t lines < <(grep -v '^\s*\(#\|$\)' "$1")
 run() {  # run dir, overrides...
   local dir=$1; shift
   mkdir -p "$(dirname "$dir")"
-  "$py" -m lfbyte.train "$@" hydra.mode=RUN hydra.run.dir="$dir" > /dev/null 2> "$dir.err"
+  # an unfinished job (no metrics.json) starts again; trainer.overwrite moves its remains aside
+  "$py" -m lfbyte.train "$@" trainer.overwrite=true hydra.mode=RUN hydra.run.dir="$dir" > /dev/null 2> "$dir.err"
 }
 pending=()
 for line in "${lines[@]}"; do

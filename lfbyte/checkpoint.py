@@ -118,7 +118,11 @@ def save_checkpoint(
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     """Load with ``weights_only=True``: tensors and plain containers only, never arbitrary objects."""
     path = Path(path)
-    if not path.is_file():
+    try:
+        found = path.is_file()
+    except OSError as e:  # e.g. a name longer than the filesystem allows
+        raise CheckpointError(f"checkpoint {str(path)[:200]} cannot be read ({e.strerror or e})") from None
+    if not found:
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
@@ -173,3 +177,21 @@ def load_latest(
             if warn:
                 print(f"warning: {e}; trying an older one", file=sys.stderr, flush=True)
     return None
+
+
+def resume_latest(
+    ckpt_dir: Path, map_location: str | torch.device = "cpu", warn: bool = True
+) -> tuple[Path, dict] | None:
+    """What ``trainer.resume=auto`` continues: the newest loadable checkpoint, ``None`` for a fresh start.
+
+    Checkpoints that exist but none of which loads are an error: never train over them."""
+    found = load_latest(ckpt_dir, map_location, warn)
+    if found is None and (candidates := checkpoint_candidates(ckpt_dir)):
+        try:
+            load_checkpoint(candidates[0], map_location)
+            why = ""
+        except CheckpointError as e:
+            why = f" (the newest: {e})"
+        raise CheckpointError(f"trainer.resume=auto: no checkpoint in {ckpt_dir} could be loaded{why}; move them "
+                              "away to start fresh, or give trainer.resume=<path to a good checkpoint>")
+    return found

@@ -27,6 +27,8 @@ BACKENDS = ("auto", "gloo", "nccl")
 CHECKED_GROUPS = ("data", "optimizer", "distributed", "trainer", "logger")
 TOP_LEVEL = ("model", *CHECKED_GROUPS, "seed")
 _KEYS_HINT = "python -m lfbyte.train --cfg job prints every key"
+MAX_SEED = 2**63 - 2**16  # torch seeds are 64-bit; each rank adds its rank
+Claim = Callable[[dict, Path, bool], None]  # (job config, run or sweep dir, multirun) -> None or raise
 
 
 def to_plain(cfg: DictConfig | dict) -> dict[str, Any]:
@@ -81,6 +83,14 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def threads_problem(value: Any, key: str) -> str | None:
+    """torch CPU threads per process: null (torch's default) or up to this machine's cores."""
+    cpus = usable_cpus()
+    if value is None or is_int(value, 1, cpus):
+        return None
+    return f"{key}={value!r} must be null (torch's default) or an integer in 1..{cpus} (this machine's cores)"
+
+
 def _check(problems: list[str], ok: bool, msg: str) -> None:
     if not ok:
         problems.append(msg)
@@ -92,8 +102,13 @@ def is_int(v: Any, lo: float = 1, hi: float = math.inf) -> bool:
 
 
 def is_number(v: Any) -> bool:
-    """A finite int or float (a bool is not one)."""
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    """A finite int or float (a bool is not one; an int past float's range is not finite)."""
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:  # an int beyond 1.8e308
+        return False
 
 
 def model_preset(name: str) -> dict[str, Any]:
@@ -134,28 +149,35 @@ def validate(cfg: dict[str, Any]) -> None:
         if is_int(m.get("num_experts")) and is_int(m.get("top_k")) and m["num_experts"] > 1:
             _check(p, m["top_k"] <= m["num_experts"],
                    f"model.top_k={m['top_k']} must be <= model.num_experts={m['num_experts']}")
-    _check(p, isinstance(m.get("dropout", 0.0), (int, float)) and 0 <= m.get("dropout", 0.0) < 1,
+    _check(p, is_number(m.get("dropout", 0.0)) and 0 <= m.get("dropout", 0.0) < 1,
            f"model.dropout={m.get('dropout')!r} must be in [0, 1)")
+    if "mlp_ratio" in m:
+        _check(p, is_number(m["mlp_ratio"]) and 0 < m["mlp_ratio"] <= 1024,
+               f"model.mlp_ratio={m['mlp_ratio']!r} must be a number in (0, 1024]")
+    for key in ("moe_balance_weight", "moe_z_weight"):
+        if key in m:
+            _check(p, is_number(m[key]) and m[key] >= 0, f"model.{key}={m[key]!r} must be a finite number >= 0")
 
     for key in ("batch_size", "accumulation_steps", "eval_interval", "eval_windows", "log_interval", "keep_last"):
         _check(p, is_int(t.get(key)), f"trainer.{key}={t.get(key)!r} must be an integer >= 1")
     for key in ("epochs", "max_steps", "checkpoint_interval"):
         _check(p, t.get(key) is None or is_int(t.get(key)), f"trainer.{key}={t.get(key)!r} must be null or an integer >= 1")
-    _check(p, t.get("max_time") is None or (isinstance(t["max_time"], (int, float)) and t["max_time"] > 0),
+    _check(p, t.get("max_time") is None or (is_number(t["max_time"]) and t["max_time"] > 0),
            f"trainer.max_time={t.get('max_time')!r} must be null or seconds > 0")
     _check(p, any(t.get(k) for k in ("epochs", "max_steps", "max_time")),
            "set at least one of trainer.epochs, trainer.max_steps, trainer.max_time")
     _check(p, t.get("precision") in PRECISIONS, f"trainer.precision={t.get('precision')!r} must be one of {list(PRECISIONS)}")
-    _check(p, t.get("max_grad_norm") is None or (isinstance(t["max_grad_norm"], (int, float)) and t["max_grad_norm"] >= 0),
+    _check(p, t.get("max_grad_norm") is None or (is_number(t["max_grad_norm"]) and t["max_grad_norm"] >= 0),
            f"trainer.max_grad_norm={t.get('max_grad_norm')!r} must be null or >= 0")
     _check(p, t.get("device") in ("auto", "cpu", "cuda"), f"trainer.device={t.get('device')!r} must be auto, cpu or cuda")
-    for key in ("num_threads", "stop_at_step"):
-        _check(p, t.get(key) is None or is_int(t.get(key)), f"trainer.{key}={t.get(key)!r} must be null or an integer >= 1")
+    _check(p, t.get("stop_at_step") is None or is_int(t.get("stop_at_step")),
+           f"trainer.stop_at_step={t.get('stop_at_step')!r} must be null or an integer >= 1")
+    p += filter(None, [threads_problem(t.get("num_threads"), "trainer.num_threads")])
     _check(p, is_int(t.get("sample_length", 0), 0), f"trainer.sample_length={t.get('sample_length')!r} must be an "
                                                       "integer >= 0 (0: no samples)")
     _check(p, t.get("peak_tflops") is None or (is_number(t["peak_tflops"]) and t["peak_tflops"] > 0),
            f"trainer.peak_tflops={t.get('peak_tflops')!r} must be null or TFLOP/s > 0")
-    for key in ("compile", "progress"):
+    for key in ("compile", "progress", "overwrite", "allow_changes", "check_memory"):
         _check(p, isinstance(t.get(key, False), bool), f"trainer.{key}={t.get(key)!r} must be true or false")
     for key in ("resume", "save_path", "sample_prompt"):
         _check(p, t.get(key) is None or isinstance(t[key], str), f"trainer.{key}={t.get(key)!r} must be null or a string")
@@ -164,22 +186,26 @@ def validate(cfg: dict[str, Any]) -> None:
     _check(p, is_int(t.get("max_skipped_steps", 1)),
            f"trainer.max_skipped_steps={t.get('max_skipped_steps')!r} must be an integer >= 1")
 
-    _check(p, isinstance(o.get("lr"), (int, float)) and o["lr"] > 0, f"optimizer.lr={o.get('lr')!r} must be > 0")
+    _check(p, is_number(o.get("lr")) and o["lr"] > 0, f"optimizer.lr={o.get('lr')!r} must be a finite number > 0")
     _check(p, is_int(o.get("warmup_steps"), 0), f"optimizer.warmup_steps={o.get('warmup_steps')!r} must be an integer >= 0")
     _check(p, o.get("schedule") in SCHEDULES, f"optimizer.schedule={o.get('schedule')!r} must be one of {list(SCHEDULES)}")
-    _check(p, isinstance(o.get("min_lr_ratio"), (int, float)) and 0 <= o["min_lr_ratio"] <= 1,
+    _check(p, is_number(o.get("min_lr_ratio")) and 0 <= o["min_lr_ratio"] <= 1,
            f"optimizer.min_lr_ratio={o.get('min_lr_ratio')!r} must be in [0, 1]")
-    _check(p, isinstance(o.get("weight_decay"), (int, float)) and o["weight_decay"] >= 0,
+    _check(p, is_number(o.get("weight_decay")) and o["weight_decay"] >= 0,
            f"optimizer.weight_decay={o.get('weight_decay')!r} must be >= 0")
 
     betas = o.get("betas")
     _check(p, isinstance(betas, list) and len(betas) == 2 and all(is_number(b) and 0 <= b < 1 for b in betas),
            f"optimizer.betas={betas!r} must be two numbers in [0, 1), e.g. [0.9, 0.95]")
     _check(p, is_number(o.get("eps")) and o["eps"] > 0, f"optimizer.eps={o.get('eps')!r} must be > 0")
-    _check(p, is_int(cfg.get("seed", 0), 0), f"seed={cfg.get('seed')!r} must be an integer >= 0")
+    _check(p, is_int(cfg.get("seed", 0), 0, MAX_SEED), f"seed={cfg.get('seed')!r} must be an integer in 0..{MAX_SEED}")
 
+    for key in ("path", "cache_dir"):
+        _check(p, d.get(key) is None or isinstance(d[key], str), f"data.{key}={d.get(key)!r} must be null or a path")
+    _check(p, isinstance(dist.get("master_addr", ""), str),
+           f"distributed.master_addr={dist.get('master_addr')!r} must be a host name or address")
     vf = d.get("val_fraction")
-    _check(p, isinstance(vf, (int, float)) and 0 < vf < 1, f"data.val_fraction={vf!r} must be in (0, 1)")
+    _check(p, is_number(vf) and 0 < vf < 1, f"data.val_fraction={vf!r} must be in (0, 1)")
     _check(p, dist.get("strategy") in STRATEGIES, f"distributed.strategy={dist.get('strategy')!r} must be one of {list(STRATEGIES)}")
     _check(p, is_int(dist.get("nproc_per_node")), f"distributed.nproc_per_node={dist.get('nproc_per_node')!r} must be an integer >= 1")
     _check(p, dist.get("backend", "auto") in BACKENDS,
@@ -232,7 +258,7 @@ _PASS_THROUGH = {"-h", "--help", "--hydra-help", "--version", "-c", "--cfg", "-i
 
 def hydra_cli(
     config_name: str, task: Callable[[DictConfig], Any], *, flat: bool = False,
-    check: Callable[[dict], None] | None = None,
+    check: Callable[[dict], None] | None = None, claim: Claim | None = None,
 ) -> None:
     """``python -m lfbyte.<entry>``: the command line checked first (one ``error:`` line, exit 2, see
     :func:`check_overrides`), then ``conf/<config_name>.yaml`` composed by Hydra and handed to ``task``."""
@@ -240,20 +266,34 @@ def hydra_cli(
 
     import hydra
 
-    from .errors import exit_with
+    from .errors import LFByteError, exit_with
 
     try:
-        check_overrides(config_name, sys.argv[1:], flat=flat, check=check)
-    except ConfigError as e:
+        check_overrides(config_name, sys.argv[1:], flat=flat, check=check, claim=claim)
+    except LFByteError as e:
         exit_with(e)
     hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=config_name)(task)()
 
 
 def check_output_dir(path: str | Path, what: str) -> None:
-    """``path`` could be created and written: its nearest existing ancestor is a writable directory."""
+    """``path`` could be created and written: its nearest existing ancestor is a writable directory, and
+    no name on the way is longer than that filesystem allows."""
     p = Path(path).absolute()
-    while not p.exists() and p != p.parent:
-        p = p.parent
+    created: list[str] = []
+    try:
+        while not p.exists() and p != p.parent:
+            created.append(p.name)
+            p = p.parent
+    except OSError as e:  # e.g. ENAMETOOLONG from stat()
+        raise ConfigError(f"{what} cannot be created ({e.strerror or e}); choose a shorter path") from None
+    try:
+        name_max = os.pathconf(p, "PC_NAME_MAX") if p.is_dir() else 255
+    except (OSError, ValueError):
+        name_max = 255
+    for name in created:
+        if len(os.fsencode(name)) > name_max:
+            raise ConfigError(f"{what} cannot be created: the name {name[:40]!r}… is {len(os.fsencode(name))} bytes, "
+                              f"more than the {name_max} this filesystem allows; choose a shorter path")
     if not p.is_dir():
         raise ConfigError(f"{what}={path} cannot be created: {p} is a file, not a folder; choose another path")
     if not os.access(p, os.W_OK | os.X_OK):
@@ -261,7 +301,8 @@ def check_output_dir(path: str | Path, what: str) -> None:
 
 
 def check_overrides(
-    config_name: str, argv: Sequence[str], *, flat: bool = False, check: Callable[[dict], None] | None = None
+    config_name: str, argv: Sequence[str], *, flat: bool = False, check: Callable[[dict], None] | None = None,
+    claim: Claim | None = None,
 ) -> None:
     """Compose the config the command line asks for, and turn Hydra's multi-line errors into one line.
 
@@ -269,7 +310,8 @@ def check_overrides(
     option that does not exist, an override that does not parse, or an uncreatable run/sweep dir is
     a :class:`ConfigError`. In a multirun (``-m``, or a config that sets ``hydra.mode: MULTIRUN``)
     every value of every swept key is composed, and ``check`` (the entry point's own validation) runs
-    on each, so a bad job stops the sweep before the first job trains.
+    on each, so a bad job stops the sweep before the first job trains. ``claim`` then gets the run (or
+    sweep) directory, before Hydra writes anything into it.
     ``flat`` configs (generate, app) have every option as a key of their one file, so a key added
     with ``+`` (which Hydra would accept and the program ignore) or removed with ``~`` is refused too.
     """
@@ -323,6 +365,8 @@ def check_overrides(
             raise ConfigError(f"{key}: {str(e).strip().splitlines()[0]}") from None
         if isinstance(out, str):
             check_output_dir(out, key)
+            if claim is not None:
+                claim(to_plain(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])), Path(out), multirun)
 
 
 def _compose(config_name: str, overrides: list[str], flat: bool, known: list[str] | None) -> DictConfig:
@@ -336,6 +380,17 @@ def _compose(config_name: str, overrides: list[str], flat: bool, known: list[str
             raise ConfigError(_missing_option(str(e))) from None
         except HydraException as e:
             raise ConfigError(_override_problem(str(e), config_name, overrides, known)) from None
+        except OSError as e:  # e.g. a group option longer than a file name can be
+            raise ConfigError(f"cannot compose the config: a config group option cannot be read "
+                              f"({e.strerror or e}); choose one of the options in conf/<group>/") from None
+        except (ValueError, TypeError) as e:  # e.g. model=0: a group option that is a number, not a name
+            group = next((o.split("=", 1)[0] for o in overrides if (CONF_DIR / o.split("=", 1)[0].lstrip("+~")).is_dir()
+                          and "Config group override" in str(e)), None)
+            if group is not None:
+                value = next(o.split("=", 1)[1] for o in overrides if o.startswith(group + "="))
+                options = sorted(p.stem for p in (CONF_DIR / group.lstrip("+~")).glob("*.yaml"))
+                raise ConfigError(f"{group}={value} is not an option; choose one of: {', '.join(options)}") from None
+            raise ConfigError(f"cannot compose the config: {str(e).strip().splitlines()[0]}") from None
     if known is not None:
         for key in cfg:
             if key not in known:

@@ -57,6 +57,12 @@ class Logger:
         if self.wandb_run is not None:
             self.wandb_run.log(values, step=step)
 
+    def mark(self, event: str, step: int, **fields: Any) -> None:
+        """A row that is not a measurement, e.g. ``{"event": "resume", "step": 20}``: where a resumed run
+        continues, so two step sequences in ``metrics.jsonl`` always have a marker between them."""
+        if self.enabled:
+            _append_jsonl(self.path, {"step": step, "event": event, **fields})
+
     def log_text(self, key: str, text: str, step: int) -> None:
         """Generated samples: a row in ``samples.jsonl``; in W&B a table of every sample so far under ``key``."""
         if not self.enabled:

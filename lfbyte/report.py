@@ -101,6 +101,20 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def continued_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Metrics rows as one step sequence: at a ``{"event": "resume", "step": s}`` marker the run went on
+    from step ``s``, so rows logged after ``s`` before it (work lost since the last checkpoint) are dropped."""
+    out: list[dict[str, Any]] = []
+    for row in rows:
+        if "event" in row:
+            at = row.get("step")
+            if is_number(at):
+                out = [r for r in out if not is_number(r.get("step")) or r["step"] <= at]
+            continue
+        out.append(row)
+    return out
+
+
 def _read_yaml(path: Path) -> Any:
     """Parsed YAML; ``None`` if the file is missing; :class:`Unreadable` if it does not parse."""
     if not path.is_file():
@@ -151,7 +165,7 @@ def read_job(job_dir: Path) -> Job:
         items, bad_overrides = [], str(e)
     overrides = _parse_overrides(items)
 
-    rows = _read_jsonl(job_dir / "metrics.jsonl")
+    rows = continued_rows(_read_jsonl(job_dir / "metrics.jsonl"))
     try:
         final = _read_json(job_dir / "metrics.json")
         torn = ""

@@ -16,50 +16,95 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from .checkpoint import ensure_writable
-from .config import hydra_cli, to_plain, validate
+from .config import check_output_dir, hydra_cli, to_plain, validate
 from .data import load_corpus, split_corpus
 from .distributed import DistInfo, spawn, torchrun_info, under_torchrun
 from .errors import ConfigError, LFByteError, print_error
+from .rundir import claim, claim_sweep, holds_run, record_segment
+
+
+def check(plain: dict[str, Any]) -> None:
+    """Everything about a config alone that can fail, checked before any run directory is touched:
+    values, the model's options, peak memory, evaluation-time sampling and the data."""
+    import torch
+
+    from .generate import check_sampling
+    from .model import build_model
+    from .resources import check_memory
+
+    validate(plain)
+    for key, path in (("trainer.save_path", plain["trainer"].get("save_path")),
+                      ("data.cache_dir", plain["data"].get("cache_dir"))):
+        if path:
+            check_output_dir(path, key)
+    try:  # the memory estimate builds one- and two-layer models on the meta device: bad options fail there
+        check_memory(plain)
+        with torch.device("meta"):  # cheap: no memory is allocated
+            model = build_model(plain["model"])
+    except (ValueError, TypeError, RuntimeError) as e:
+        raise ConfigError(f"model config: {str(e).strip().splitlines()[0][:300]}") from None
+    t = plain["trainer"]
+    if t.get("sample_length"):
+        check_sampling(model, t["sample_length"], t.get("sample_prompt") or "")
+    corpus = load_corpus(plain["data"].get("path"), plain["data"].get("cache_dir"))  # builds the cache once
+    split_corpus(corpus, plain["data"]["val_fraction"], plain["model"]["seq_len"])
+
+
+def claim_for_launch(plain: dict[str, Any], out_dir: Path, multirun: bool) -> None:
+    """In the launching process, before Hydra writes ``.hydra/`` into the run directory."""
+    if under_torchrun() and os.environ.get("RANK", "0") != "0":
+        return  # rank 0 claims the directory that every rank shares
+    (claim_sweep if multirun else claim)(plain, out_dir)
 
 
 def train(cfg: DictConfig | dict, run_dir: str | Path) -> dict[str, Any]:
-    """Validate, prepare data once, then train here, on spawned DDP workers, or as a torchrun rank."""
-    from .model import build_model
+    """Check everything, claim the run directory, then train here, on spawned DDP workers, or as a torchrun rank.
+
+    Nothing in ``run_dir`` changes before every check has passed; once training has started, a failure
+    leaves ``metrics.json`` with ``status: failed`` and the reason, and the last good checkpoint."""
     from .trainer import train_worker
 
     plain = to_plain(cfg)
-    validate(plain)
-    try:  # construct once on the meta device: unknown/invalid model options fail here, cheaply
-        import torch
-
-        with torch.device("meta"):
-            build_model(plain["model"])
-    except (ValueError, TypeError) as e:
-        raise ConfigError(f"model config: {e}") from None
+    check(plain)
     run_dir = Path(run_dir)
     info = torchrun_info() if under_torchrun() else DistInfo()
     if info.is_main:
+        changes = claim(plain, run_dir)
         save_path = plain["trainer"].get("save_path")
         ensure_writable(run_dir, "the run directory")
         ensure_writable(Path(save_path) if save_path else run_dir / "checkpoints",
                         "trainer.save_path" if save_path else "the checkpoint folder")
         (run_dir / "config.yaml").write_text(yaml.safe_dump(plain, sort_keys=False))
-    corpus = load_corpus(plain["data"].get("path"), plain["data"].get("cache_dir"))  # build the cache once
-    split_corpus(corpus, plain["data"]["val_fraction"], plain["model"]["seq_len"])
-
-    dist_cfg = plain["distributed"]
-    if under_torchrun():
+        record_segment(run_dir, plain, changes)
+    try:
+        if under_torchrun():
+            return train_worker(info, plain, str(run_dir))
+        dist_cfg = plain["distributed"]
+        if dist_cfg["strategy"] == "ddp":
+            spawn(train_worker, dist_cfg["nproc_per_node"], (plain, str(run_dir)),
+                  dist_cfg.get("master_addr", "127.0.0.1"), dist_cfg.get("master_port"))
+            return json.loads((run_dir / "metrics.json").read_text())
         return train_worker(info, plain, str(run_dir))
-    if dist_cfg["strategy"] == "ddp":
-        spawn(train_worker, dist_cfg["nproc_per_node"], (plain, str(run_dir)),
-              dist_cfg.get("master_addr", "127.0.0.1"), dist_cfg.get("master_port"))
-        return json.loads((run_dir / "metrics.json").read_text())
-    return train_worker(info, plain, str(run_dir))
+    except BaseException as e:
+        if info.is_main and not isinstance(e, KeyboardInterrupt):
+            _record_failure(run_dir, e)
+        raise
 
 
-def _record_failure(run_dir: Path, message: str) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "metrics.json").write_text(json.dumps({"status": "failed", "error": message}, indent=2) + "\n")
+def _record_failure(run_dir: Path, e: BaseException) -> None:
+    """``metrics.json`` says this run failed and why, unless the trainer already wrote a fuller record."""
+    path = run_dir / "metrics.json"
+    try:
+        if json.loads(path.read_text()).get("status") == "failed":
+            return
+    except (OSError, ValueError, AttributeError):
+        pass
+    message = str(e) if isinstance(e, LFByteError) else f"{type(e).__name__}: {e}"
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"status": "failed", "error": message}, indent=2) + "\n")
+    except OSError:
+        pass  # e.g. the disk is full: the error line still says what happened
 
 
 def _hydra_entry(cfg: DictConfig) -> float:
@@ -70,16 +115,15 @@ def _hydra_entry(cfg: DictConfig) -> float:
     try:
         result = train(cfg, run_dir)
     except LFByteError as e:
-        if not under_torchrun() or os.environ.get("RANK") == "0":
-            _record_failure(run_dir, str(e))
+        if multirun and not holds_run(run_dir):  # a sweep job refused before it started: the report shows why
+            _record_failure(run_dir, e)
         print_error(e)
         if multirun:  # one failed job must not end the sweep; the report shows it as failed
             return math.nan
         sys.exit(2)
-    except Exception as e:
+    except Exception:
         if not multirun:
             raise
-        _record_failure(run_dir, f"{type(e).__name__}: {e}")
         traceback.print_exc()
         return math.nan
     return float(result.get("val_bpb", math.nan))
@@ -87,7 +131,7 @@ def _hydra_entry(cfg: DictConfig) -> float:
 
 def main() -> None:
     """``python -m lfbyte.train [group=choice ...] [key=value ...]``."""
-    hydra_cli("train", _hydra_entry, check=validate)
+    hydra_cli("train", _hydra_entry, check=check, claim=claim_for_launch)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from .checkpoint import checkpoint_candidates, load_checkpoint, load_latest, save_checkpoint
+from .checkpoint import load_checkpoint, resume_latest, save_checkpoint
 from .data import WindowSampler, eval_windows, load_corpus, split_corpus
 from .distributed import DistInfo, all_reduce, gather_objects, init_process_group, pick_backend
 from .errors import CheckpointError, ConfigError, LFByteError
@@ -90,6 +90,10 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
+class NonFiniteError(LFByteError):
+    """The weights in memory led to a NaN/inf: they are not checkpointed, the last good checkpoint stays newest."""
+
+
 class Trainer:
     def __init__(self, cfg: dict, run_dir: Path, info: DistInfo = DistInfo()) -> None:
         self.cfg, self.run_dir, self.info = cfg, Path(run_dir), info
@@ -152,6 +156,8 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.train_model = DDP(self.train_model, device_ids=ids)
         self.logger = Logger(self.run_dir, cfg.get("logger", {}), cfg, enabled=info.is_main)
+        if self.logger.path.is_file() and self.logger.path.stat().st_size:  # a resume, or a restart from scratch
+            self.logger.mark("resume", self.step, checkpoint=self.resumed_from)
         self._stop_signal: int | None = None
 
     # ---------------------------------------------------------------- resume
@@ -159,12 +165,8 @@ class Trainer:
         if not resume:
             return
         if resume == "auto":
-            found = load_latest(self.ckpt_dir, map_location=self.device, warn=self.info.is_main)
+            found = resume_latest(self.ckpt_dir, map_location=self.device, warn=self.info.is_main)
             if found is None:
-                if checkpoint_candidates(self.ckpt_dir):  # never train over checkpoints we could not read
-                    raise CheckpointError(f"trainer.resume=auto: no checkpoint in {self.ckpt_dir} could be loaded "
-                                          "(see the warnings above); move them away to start fresh, or give "
-                                          "trainer.resume=<path to a good checkpoint>")
                 return  # nothing to resume: a fresh start
             path, ckpt = found
         else:
@@ -193,8 +195,10 @@ class Trainer:
         if self.info.is_main:
             print(f"resumed from {path} at step {self.step}", flush=True)
 
-    def _save(self, epoch_end: int | None = None) -> None:
-        rngs = gather_objects(rng_state(), self.info)  # every rank's dropout RNG, for exact resume
+    def _save(self, epoch_end: int | None = None, collective: bool = True) -> None:
+        # every rank's dropout RNG, for exact resume; after a failure a peer may never arrive, so rank 0 saves
+        # alone (its own RNG only: a resume then restores none, as for a changed world size)
+        rngs = gather_objects(rng_state(), self.info) if collective else [rng_state()]
         self.saved_step = self.step
         if not self.info.is_main:
             return
@@ -300,13 +304,13 @@ class Trainer:
         advice = "Lower optimizer.lr" + (f" or use trainer.precision=fp32 (this run is {self.precision})"
                                          if self.precision != "fp32" else "")
         if not by_scaler and self.tc.get("on_nonfinite", "stop") == "stop":
-            raise LFByteError(f"non-finite {what} at step {step}; the update was not applied and {kept}. "
+            raise NonFiniteError(f"non-finite {what} at step {step}; the update was not applied and {kept}. "
                               f"{advice}, or set trainer.on_nonfinite=skip")
         self.skipped_steps += 1
         self.skipped_in_a_row += 1
         limit = int(self.tc.get("max_skipped_steps", 10))
         if self.skipped_in_a_row >= limit:
-            raise LFByteError(f"non-finite {what} at {limit} steps in a row (up to step {step}); stopping, and "
+            raise NonFiniteError(f"non-finite {what} at {limit} steps in a row (up to step {step}); stopping, and "
                               f"{kept}. {advice}")
         if self.info.is_main and not by_scaler:  # the scaler's calibration skips are routine: metrics only
             print(f"warning: non-finite {what} at step {step}; update skipped "
@@ -349,6 +353,8 @@ class Trainer:
                   f"{len(self.train_split):,} train / {len(self.val_split):,} val bytes | "
                   f"precision {self.precision} | device {self.device} x{info.world_size} | run {self.run_dir}",
                   flush=True)
+        if info.is_main and tc.get("sample_length") and self.step == 0:
+            self._sample(max_length=2)  # sampling that would fail at the first evaluation fails now, before training
         eval_interval, log_interval = int(tc["eval_interval"]), int(tc["log_interval"])
         ckpt_interval = tc.get("checkpoint_interval")
         window_t, window_bytes = time.perf_counter(), 0
@@ -420,21 +426,44 @@ class Trainer:
             if self.tc.get("sample_length"):
                 self.logger.log_text("samples", self._sample(), self.step)
 
-    def _sample(self) -> str:
-        """A short generated text to watch quality by eye (rank 0, seeded by the step)."""
+    def _sample(self, max_length: int | None = None) -> str:
+        """A short generated text to watch quality by eye (rank 0, seeded by the step; no global RNG is used)."""
         from .generate import generate_text
 
         self.model.eval()
         try:
-            return generate_text(self.model, self.tc.get("sample_prompt") or "", int(self.tc["sample_length"]),
+            return generate_text(self.model, self.tc.get("sample_prompt") or "",
+                                 int(self.tc["sample_length"]) if max_length is None else max_length,
                                  temperature=0.8, seed=self.step)
+        except LFByteError as e:
+            raise LFByteError(f"sampling at evaluation fails: {e}; set trainer.sample_length=0 to train without "
+                              "samples") from e
         finally:
             self.model.train()
 
-    def _write_metrics(self, status: str) -> dict[str, Any]:
+    def fail(self, error: BaseException) -> None:
+        """After a failure: keep what training reached (a checkpoint, unless the weights went non-finite) and
+        leave ``metrics.json`` with ``status: failed`` and the reason. Never raises: the error itself matters."""
+        note = ""
+        if self.step > (self.saved_step or 0) and not isinstance(error, NonFiniteError):
+            try:
+                self._save(collective=False)
+                note = f"; training up to step {self.step} is saved in {self.ckpt_dir}"
+            except Exception as e:  # noqa: BLE001 - e.g. the disk that failed the run is full
+                note = f"; the checkpoint at step {self.step} could not be written ({e})"
+        elif self.saved_step is not None:
+            note = f"; the last good checkpoint (step {self.saved_step}) is in {self.ckpt_dir}"
+        message = str(error) if isinstance(error, LFByteError) else f"{type(error).__name__}: {error}"
+        try:
+            self._write_metrics("failed", error=message + note)
+        except Exception:  # noqa: BLE001
+            pass
+
+    def _write_metrics(self, status: str, error: str | None = None) -> dict[str, Any]:
         elapsed = self.elapsed()
         result = {
             "status": status,
+            **({"error": error} if error else {}),
             **self.last_eval,
             "best_val_loss": self.best_val,
             "step": self.step,
@@ -475,5 +504,9 @@ def train_worker(info: DistInfo, cfg: dict, run_dir: str) -> dict[str, Any]:
         result = trainer.fit()
         completed = True
         return result
+    except BaseException as e:
+        if not isinstance(e, KeyboardInterrupt):
+            trainer.fail(e)
+        raise
     finally:
         trainer.close(completed)  # after a failure, no barrier: a peer may never arrive
