@@ -17,7 +17,6 @@ import threading
 import traceback
 from collections import OrderedDict
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -26,6 +25,7 @@ from .config import hydra_cli, is_int, is_number, to_plain
 from .errors import ConfigError, LFByteError, exit_with
 from .generate import (
     Run,
+    as_path,
     check_num_threads,
     describe_run,
     find_runs,
@@ -230,6 +230,24 @@ def check_address(host: str, port: int | None) -> None:
 
 
 def serve(cfg: dict[str, Any]) -> None:
+    """Check everything, load the run, then serve until interrupted."""
+    from starlette.middleware import Middleware  # gradio's web framework
+
+    demo = prepare(cfg)
+    demo.launch(
+        server_name=cfg["server_name"],
+        server_port=cfg.get("server_port"),
+        share=bool(cfg.get("share")),
+        ssr_mode=False,
+        show_error=True,
+        footer_links=["api"],
+        max_file_size=0,  # the app takes no files: a client that posts one anyway stores nothing
+        app_kwargs={"middleware": [Middleware(RefuseUploads)]},
+    )
+
+
+def prepare(cfg: dict[str, Any]) -> Any:
+    """Everything before the server starts: the options, the address, the run (a bad one fails here)."""
     check_config(cfg)
     check_address(cfg["server_name"], cfg.get("server_port"))
     if cfg.get("num_threads"):
@@ -241,18 +259,31 @@ def serve(cfg: dict[str, Any]) -> None:
         run_dir = latest_run(cfg.get("runs_root") or "outputs")
         note = f" (newest run under `{cfg.get('runs_root') or 'outputs'}/`; choose another with run_dir=)"
         print(f"run_dir not given; serving the newest run: {run_dir}", flush=True)
-    run_dir = str(Path(run_dir))
+    run_dir = str(as_path(run_dir, "run_dir"))
     cache = RunCache(cfg.get("checkpoint") or "last", cfg.get("device"), int(cfg.get("cache_size", 2)))
     print(f"serving {describe_run(cache.get(run_dir))}", flush=True)  # a bad run fails here, before the server
-    demo = build_app(cfg, cache, run_dir, note)
-    demo.launch(
-        server_name=cfg["server_name"],
-        server_port=cfg.get("server_port"),
-        share=bool(cfg.get("share")),
-        ssr_mode=False,
-        show_error=True,
-        footer_links=["api"],
-    )
+    return build_app(cfg, cache, run_dir, note)
+
+
+UPLOAD_ROUTES = ("/upload", "/process_recording")  # Gradio's routes that store what a client posts
+
+
+class RefuseUploads:
+    """ASGI middleware in front of Gradio: its upload routes answer 404 before a byte of the body is read.
+
+    The app has no file input, so nothing it does needs them; without this any client could store files
+    of any size on the server (Gradio's ``max_file_size=0`` alone still accepts empty files)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"].rstrip("/").endswith(UPLOAD_ROUTES):
+            await send({"type": "http.response.start", "status": 404,
+                        "headers": [(b"content-type", b"text/plain; charset=utf-8"), (b"connection", b"close")]})
+            await send({"type": "http.response.body", "body": b"this app takes no uploads"})
+            return
+        await self.app(scope, receive, send)
 
 
 def _hydra_entry(cfg: Any) -> None:

@@ -68,6 +68,18 @@ def _python_docs() -> Iterator[bytes]:
 
 def resolve_files(path: str) -> list[Path]:
     """A file, a directory (all non-hidden files below it) or a glob -> sorted files."""
+    try:
+        return _resolve_files(path)
+    except OSError as e:  # a name longer than the filesystem allows, a loop of links, an unreadable folder
+        raise DataError(f"data.path={_short(path)} cannot be read ({e.strerror or e}); give a file, a directory "
+                        "or a glob") from None
+
+
+def _short(path: str) -> str:
+    return repr(path) if len(path) <= 120 else repr(path[:100] + "…") + f" ({len(path)} characters)"
+
+
+def _resolve_files(path: str) -> list[Path]:
     p = Path(os.path.expanduser(path))
     if any(ch in path for ch in "*?["):
         files = [Path(f) for f in glob.glob(os.path.expanduser(path), recursive=True)]
@@ -168,7 +180,11 @@ def load_corpus(path: str | None, cache_dir: str | None = None) -> ByteCorpus:
         name = str(path)
     digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     target = Path(cache_dir or default_cache_dir()) / digest
-    if not (target / "starts.npy").exists():
+    try:
+        built = (target / "starts.npy").exists()
+    except OSError:
+        built = False  # e.g. a cache_dir name too long: the mkdir below says so
+    if not built:
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             _build_cache(_python_docs() if files is None else iter(files), target)

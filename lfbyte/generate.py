@@ -31,7 +31,7 @@ import yaml
 from torch import Tensor, nn
 
 from .checkpoint import checkpoint_candidates, load_checkpoint
-from .config import hydra_cli, is_int, is_number, to_plain
+from .config import hydra_cli, is_int, is_number, threads_problem, to_plain
 from .errors import CheckpointError, ConfigError, LFByteError, exit_with
 from .model import build_model
 from .model.lfbyte import BYTE_VOCAB, SEPARATOR
@@ -65,7 +65,7 @@ def _pick_device(device: str | torch.device | None) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(device)
-    except (RuntimeError, TypeError):
+    except (RuntimeError, TypeError, ValueError, OverflowError):
         raise ConfigError(f"device={device!r} is not a device; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device={device} but no GPU is visible; use device=cpu")
@@ -108,8 +108,11 @@ def _resolve_checkpoint(run_dir: Path, ckpt_dir: Path, name: str | int | Path) -
     if name.isdigit():
         candidates.append(ckpt_dir / f"step_{int(name):07d}.pth")
     for cand in candidates:
-        if cand.is_file():
-            return cand
+        try:
+            if cand.is_file():
+                return cand
+        except OSError:  # a name longer than the filesystem allows: not a file
+            continue
     available = sorted(q.name for q in ckpt_dir.glob("*.pth")) if ckpt_dir.is_dir() else []
     raise CheckpointError(
         f"checkpoint {name!r} not found in {ckpt_dir}; available: {', '.join(available) or 'none'}"
@@ -149,9 +152,14 @@ def load_run(
     ``weights_only=True``: tensors and plain data only. ``device``: ``auto`` (cuda when visible),
     ``cpu``, ``cuda``, ``cuda:1``. Every failure is a :class:`~lfbyte.errors.LFByteError` with one line.
     """
-    run_dir = Path(run_dir).expanduser()
-    if not run_dir.is_dir():
-        what = "is a file, not a folder" if run_dir.exists() else "does not exist"
+    run_dir = as_path(run_dir, "run_dir")
+    try:
+        is_dir, exists = run_dir.is_dir(), run_dir.exists()
+    except OSError as e:  # e.g. a name longer than the filesystem allows
+        raise CheckpointError(f"run directory {str(run_dir)[:120]} cannot be read ({e.strerror or e}); "
+                              "pass run_dir=<a folder under outputs/>") from None
+    if not is_dir:
+        what = "is a file, not a folder" if exists else "does not exist"
         raise CheckpointError(f"run directory {run_dir} {what}; pass run_dir=<a folder under outputs/>")
     target = _pick_device(device)
     cfg = _read_config(run_dir)
@@ -188,13 +196,20 @@ def load_run(
     )
 
 
+def as_path(value: Any, key: str) -> Path:
+    """A path option as a Path; a number or a list there (``run_dir=1``) is one clear line."""
+    if not isinstance(value, (str, Path)) or not str(value):
+        raise ConfigError(f"{key}={value!r} must be a path to a folder")
+    return Path(value).expanduser()
+
+
 def find_runs(root: str | Path = "outputs", max_depth: int = 8) -> list[Path]:
     """Run directories under ``root`` that hold a checkpoint, newest checkpoint first.
 
     Walks at most ``max_depth`` levels (multirun jobs sit 3 below ``outputs/``) and skips
     hidden folders (``.hydra/``) and what lives inside a run (``checkpoints/``, ``wandb/``).
     """
-    root = Path(root)
+    root = as_path(root, "runs_root")
     found: list[tuple[float, Path]] = []
     for folder, subdirs, files in os.walk(root):
         here = Path(folder)
@@ -238,7 +253,7 @@ class Decoder:
     def __init__(self, model: nn.Module, keep: int | None = None, use_cache: bool = True) -> None:
         self.model = model
         self.seq_len = int(model.config.seq_len)
-        self.keep = self.seq_len // 2 if keep is None else keep
+        self.keep = max(1, self.seq_len // 2) if keep is None else keep  # seq_len 1: one byte of context
         if not is_int(self.keep, 1, self.seq_len):
             raise GenerationError(f"keep={keep!r} must be an integer between 1 and the model's seq_len={self.seq_len}")
         self.use_cache = use_cache
@@ -323,6 +338,14 @@ def _check_args(
         raise GenerationError("; ".join(problems))
 
 
+def check_sampling(model: nn.Module, max_length: int, prompt: str | bytes = "") -> None:
+    """What sampling ``max_length`` bytes after ``prompt`` needs from ``model`` (built on any device,
+    ``meta`` included), checked without running it: the trainer's samples fail before training, not after."""
+    _check_args(max_length, 0.8, None, None, 0)
+    _as_bytes(prompt)
+    Decoder(model)
+
+
 def _as_bytes(start_sequence: str | bytes | bytearray | None) -> bytes:
     if start_sequence is None:
         return b""
@@ -358,6 +381,7 @@ def iter_bytes(
     """
     model = _as_model(model)
     _check_args(max_length, temperature, top_k, top_p, seed)
+    temperature, top_p = float(temperature), None if top_p is None else float(top_p)  # 10**24 is a number, not a tensor
     prompt = list(_as_bytes(start_sequence))
     tokens = ([SEPARATOR] if document_start else []) + prompt
     if max_length == 0:
@@ -462,8 +486,9 @@ def _prompt_text(value: Any) -> str:
 
 
 def check_num_threads(value: Any) -> None:
-    if value is not None and not is_int(value):
-        raise ConfigError(f"num_threads={value!r} must be null (torch's default) or an integer >= 1")
+    problem = threads_problem(value, "num_threads")
+    if problem:
+        raise ConfigError(problem)
 
 
 def run_cli(cfg: dict[str, Any]) -> None:

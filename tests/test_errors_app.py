@@ -55,10 +55,18 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def app_url(run_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def gradio_tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the server's Gradio would store uploaded files (``GRADIO_TEMP_DIR``)."""
+    return tmp_path_factory.mktemp("gradio-tmp")
+
+
+@pytest.fixture(scope="module")
+def app_url(run_dir: Path, gradio_tmp: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     log = tmp_path_factory.mktemp("app-log") / "server.log"
-    with serve_app(log, f"run_dir={run_dir}", f"runs_root={run_dir.parent}") as url:
-        yield url
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GRADIO_TEMP_DIR", str(gradio_tmp))
+        with serve_app(log, f"run_dir={run_dir}", f"runs_root={run_dir.parent}") as url:
+            yield url
 
 
 def _client(url: str):
@@ -163,6 +171,38 @@ def test_the_app_serves_no_file_from_the_disk(app_url: str, run_dir: Path) -> No
         status, body = _get(base + path)
         assert status in (403, 404), (path, status)
         assert content[:200] not in body and SECRET not in body, path
+
+
+def _post_file(url: str, payload: bytes, field: str) -> int | str:
+    boundary = "lfbyte-test-boundary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"big.bin\"\r\n"
+            "Content-Type: application/octet-stream\r\n\r\n").encode() + payload + f"\r\n--{boundary}--\r\n".encode()
+    request = urllib.request.Request(url, data=body, method="POST",
+                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except (ConnectionResetError, BrokenPipeError, urllib.error.URLError) as e:
+        # the server answered 404 and closed the connection without reading the 4 MB it did not want
+        if isinstance(e, urllib.error.URLError) and not isinstance(e.reason, (ConnectionResetError, BrokenPipeError)):
+            raise
+        return "reset"  # the server answered and closed the connection without reading a body it did not want
+
+
+def test_the_app_stores_no_upload(app_url: str, gradio_tmp: Path) -> None:
+    """Gradio's upload routes would store any file a client posts, of any size; the app needs none."""
+    marker = b"lfbyte-upload-marker-2718281828"
+    payload = marker + bytes(4 << 20)  # 4 MB
+    base = app_url.rstrip("/")
+    for path, field in (("/gradio_api/upload", "files"), ("/gradio_api/process_recording", "video"),
+                        ("/gradio_api/upload?upload_id=x", "files"), ("/upload", "files")):
+        assert _post_file(base + path, marker + b"small", field) in (404, 405), path  # a clean "no such route"
+        assert _post_file(base + path, payload, field) in (404, 405, "reset"), path
+    stored = [p for p in gradio_tmp.rglob("*") if p.is_file() and marker in p.read_bytes()[: len(marker)]]
+    assert stored == []
+    assert _get(base + "/config")[0] == 200  # and the app still serves
 
 
 # ------------------------------------------------------------------------------ bad requests

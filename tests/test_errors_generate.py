@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from lfbyte.checkpoint import save_checkpoint
-from lfbyte.config import CONF_DIR, check_overrides, to_plain
+from lfbyte.config import CONF_DIR, check_overrides, to_plain, usable_cpus
 from lfbyte.errors import ConfigError, LFByteError
 from lfbyte.generate import (
     GenerationError,
@@ -202,7 +202,8 @@ def _cfg(*overrides: str) -> dict:
         ("keep=0", "keep=0 must be null (seq_len // 2) or an integer >= 1"),
         ("keep=abc", "keep='abc' must be null (seq_len // 2) or an integer >= 1"),
         ("include_prompt=maybe", "include_prompt='maybe' must be true or false"),
-        ("num_threads=0", "num_threads=0 must be null (torch's default) or an integer >= 1"),
+        ("num_threads=0", f"num_threads=0 must be null (torch's default) or an integer in 1..{usable_cpus()} "
+                          "(this machine's cores)"),
         ("device=tpu", "device='tpu' is not a device; use auto, cpu, cuda or cuda:N"),
         ("seed=100000000000000000000", "seed=100000000000000000000 must be null or an integer that fits in 64 bits"),
         ("prompt=${nosuch}", "prompt: Interpolation key 'nosuch' not found; write a literal $ as \\$"),
