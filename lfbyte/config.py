@@ -18,7 +18,17 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 from .errors import ConfigError
 from .precision import PRECISIONS
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+def _conf_dir() -> Path:
+    """The shipped configs: ``lfbyte/conf`` in an installed wheel, the repository's ``conf/`` in a clone."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "conf", here.parent / "conf"):
+        if (candidate / "train.yaml").is_file():
+            return candidate
+    return here.parent / "conf"  # a broken install: Hydra's "config not found" names this path
+
+
+CONF_DIR = _conf_dir()
 SCHEDULES = ("cosine", "linear", "constant")
 STRATEGIES = ("none", "ddp")
 NONFINITE = ("stop", "skip")
