@@ -23,6 +23,13 @@ import torch
 
 from .errors import CheckpointError
 
+
+def checkpoint_dir(cfg: dict[str, Any] | None, run_dir: str | Path) -> Path:
+    """Where a run's checkpoints live: ``trainer.save_path``, else ``<run dir>/checkpoints``."""
+    save_path = ((cfg or {}).get("trainer") or {}).get("save_path")
+    return Path(save_path) if save_path else Path(run_dir) / "checkpoints"
+
+
 STEP_RE = re.compile(r"^step_(\d+)\.pth$")
 _TORCH_ADVICE = ("Weights only load failed", "Please file an issue", "Check the documentation")
 

@@ -193,7 +193,7 @@ def validate(cfg: dict[str, Any]) -> None:
         _check(p, t.get(key) is None or isinstance(t[key], str), f"trainer.{key}={t.get(key)!r} must be null or a string")
     _check(p, t.get("on_nonfinite", "stop") in NONFINITE,
            f"trainer.on_nonfinite={t.get('on_nonfinite')!r} must be one of {list(NONFINITE)}")
-    _check(p, is_int(t.get("max_skipped_steps", 1)),
+    _check(p, is_int(t.get("max_skipped_steps")),
            f"trainer.max_skipped_steps={t.get('max_skipped_steps')!r} must be an integer >= 1")
 
     _check(p, is_number(o.get("lr")) and o["lr"] > 0, f"optimizer.lr={o.get('lr')!r} must be a finite number > 0")

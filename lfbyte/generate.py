@@ -30,7 +30,7 @@ import torch
 import yaml
 from torch import Tensor, nn
 
-from .checkpoint import checkpoint_candidates, load_checkpoint
+from .checkpoint import checkpoint_candidates, checkpoint_dir, load_checkpoint
 from .config import hydra_cli, is_int, is_number, threads_problem, to_plain
 from .errors import CheckpointError, ConfigError, LFByteError, exit_with
 from .model import build_model
@@ -86,10 +86,8 @@ def _read_config(run_dir: Path) -> dict[str, Any] | None:
 
 
 def _checkpoint_dir(run_dir: Path, cfg: dict[str, Any] | None) -> Path:
-    save_path = ((cfg or {}).get("trainer") or {}).get("save_path")
-    if save_path and Path(save_path).is_dir():
-        return Path(save_path)
-    return run_dir / "checkpoints"
+    found = checkpoint_dir(cfg, run_dir)
+    return found if found.is_dir() else run_dir / "checkpoints"  # a save_path not on this machine: the run's own
 
 
 def _resolve_checkpoint(run_dir: Path, ckpt_dir: Path, name: str | int | Path) -> Path:

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import checkpoint_candidates, load_checkpoint, resume_latest
+from .checkpoint import checkpoint_candidates, checkpoint_dir, load_checkpoint, resume_latest
 from .errors import ConfigError
 
 RECORD_FILES = ("config.yaml", "config_history.jsonl", "metrics.json", "metrics.jsonl", "samples.jsonl")
@@ -35,12 +35,6 @@ FREE_TO_CHANGE = (
 MODEL_TRAINING_KEYS = ("model.dropout", "model.chunk_size")
 CHOICES = ("trainer.resume=auto to continue it, trainer.overwrite=true to move it aside and start fresh, "
            "or another hydra.run.dir")
-
-
-def checkpoint_dir(cfg: dict[str, Any], run_dir: Path) -> Path:
-    """Where a run's checkpoints live: ``trainer.save_path`` or ``<run dir>/checkpoints``."""
-    save_path = (cfg.get("trainer") or {}).get("save_path")
-    return Path(save_path) if save_path else Path(run_dir) / "checkpoints"
 
 
 def holds_run(run_dir: Path, ckpt_dir: Path | None = None) -> bool:

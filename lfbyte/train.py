@@ -15,7 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from .checkpoint import ensure_writable
+from .checkpoint import checkpoint_dir, ensure_writable
 from .config import check_output_dir, hydra_cli, to_plain, validate
 from .data import load_corpus, split_corpus
 from .distributed import DistInfo, spawn, torchrun_info, under_torchrun
@@ -70,10 +70,9 @@ def train(cfg: DictConfig | dict, run_dir: str | Path) -> dict[str, Any]:
     info = torchrun_info() if under_torchrun() else DistInfo()
     if info.is_main:
         changes = claim(plain, run_dir)
-        save_path = plain["trainer"].get("save_path")
         ensure_writable(run_dir, "the run directory")
-        ensure_writable(Path(save_path) if save_path else run_dir / "checkpoints",
-                        "trainer.save_path" if save_path else "the checkpoint folder")
+        ensure_writable(checkpoint_dir(plain, run_dir),
+                        "trainer.save_path" if plain["trainer"].get("save_path") else "the checkpoint folder")
         (run_dir / "config.yaml").write_text(yaml.safe_dump(plain, sort_keys=False))
         record_segment(run_dir, plain, changes)
     try:

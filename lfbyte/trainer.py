@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from .checkpoint import load_checkpoint, resume_latest, save_checkpoint
+from .checkpoint import checkpoint_dir, load_checkpoint, resume_latest, save_checkpoint
 from .data import WindowSampler, eval_windows, load_corpus, split_corpus
 from .distributed import DistInfo, all_reduce, gather_objects, init_process_group, pick_backend
 from .errors import CheckpointError, ConfigError, LFByteError
@@ -139,8 +139,7 @@ class Trainer:
         if self.total_steps is None and self.max_time is None:
             raise ConfigError("set at least one of trainer.epochs, trainer.max_steps, trainer.max_time")
 
-        save_path = tc.get("save_path")
-        self.ckpt_dir = Path(save_path) if save_path else self.run_dir / "checkpoints"
+        self.ckpt_dir = checkpoint_dir(cfg, self.run_dir)
         self.step, self.elapsed_before, self.bytes_seen = 0, 0.0, 0
         self.skipped_steps = self.skipped_in_a_row = 0  # updates not applied: non-finite loss/gradients
         self.saved_step: int | None = None
@@ -308,7 +307,7 @@ class Trainer:
                               f"{advice}, or set trainer.on_nonfinite=skip")
         self.skipped_steps += 1
         self.skipped_in_a_row += 1
-        limit = int(self.tc.get("max_skipped_steps", 10))
+        limit = int(self.tc["max_skipped_steps"])  # conf/trainer/default.yaml owns the default
         if self.skipped_in_a_row >= limit:
             raise NonFiniteError(f"non-finite {what} at {limit} steps in a row (up to step {step}); stopping, and "
                               f"{kept}. {advice}")
