@@ -27,11 +27,9 @@ def cpu_has_fast_bf16() -> bool:
 def resolve_precision(requested: str, device: torch.device) -> str:
     if requested not in PRECISIONS:
         raise ConfigError(f"trainer.precision={requested!r} is not one of {list(PRECISIONS)}")
-    if requested != "auto":
+    if requested != "auto":  # fp16 on a CPU is slow but supported by autocast: the user asked for it
         if device.type == "cuda" and requested == "bf16" and not torch.cuda.is_bf16_supported():
             raise ConfigError("trainer.precision=bf16 is not supported on this GPU; use fp16 or fp32")
-        if device.type == "cpu" and requested == "fp16":
-            pass  # supported by CPU autocast, slow: the user asked for it explicitly
         return requested
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"

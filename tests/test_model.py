@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from lfbyte import GPT, LFByteTransformer
-from lfbyte.model import AdaptiveLinear, MixtureOfExperts, TokenMixing, decay_mix
+from lfbyte.model import AdaptiveLinear, MixtureOfExperts, TokenMixing, build_model, decay_mix
 
 TINY = dict(seq_len=96, embed_dim=64, num_layers=2, num_heads=4, adapt_dim=16, adapt_rank=8, chunk_size=16)
 
@@ -225,3 +225,15 @@ def test_moe_fast_and_fallback_dispatch_match_the_dense_reference(dim: int) -> N
     every = torch.stack([moe.expert(e, flat) for e in range(3)], 1)
     ref = (every.gather(1, experts[..., None].expand(-1, -1, dim)) * gates[..., None]).sum(1)
     torch.testing.assert_close(out.reshape(-1, dim), ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["lfbyte", "gpt"])
+def test_num_parameters_without_embeddings_leaves_out_the_lookup_tables(arch: str) -> None:
+    from lfbyte.config import model_preset
+
+    base = model_preset("tiny" if arch == "lfbyte" else "gpt_tiny")
+    vocab_table, pos_table = 257 * base["embed_dim"], base["seq_len"] * base["embed_dim"]
+    for tied in (True, False):
+        model = build_model({**base, "pos_encoding": "learned", "tie_embeddings": tied})
+        left_out = model.num_parameters() - model.num_parameters(exclude_embeddings=True)
+        assert left_out == pos_table + (0 if tied else vocab_table)  # a tied table is the head's matmul weight

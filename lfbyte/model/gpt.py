@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from .lfbyte import VOCAB_SIZE, ModelOutput, merge_config
+from .lfbyte import VOCAB_SIZE, ModelOutput, count_parameters, merge_config
 from .positional import PositionalEncoding
 
 
@@ -101,7 +101,8 @@ class GPT(nn.Module):
             self.head.weight = self.embed.weight
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
-        return sum(p.numel() for p in self.parameters())
+        """As :meth:`LFByteTransformer.num_parameters`: ``exclude_embeddings`` leaves out the lookup tables."""
+        return count_parameters(self, exclude_embeddings, self.config.tie_embeddings)
 
     def init_state(self) -> KVCache:
         n = self.config.num_layers

@@ -83,6 +83,16 @@ def merge_config(cls: type, config: object | None, overrides: dict, owner: str) 
     return cls(**{**(asdict(config) if config else {}), **overrides})
 
 
+def count_parameters(model: nn.Module, exclude_embeddings: bool, tied: bool) -> int:
+    """Parameters of a byte model with ``embed`` and ``pos`` modules (both architectures have them)."""
+    n = sum(p.numel() for p in model.parameters())
+    if exclude_embeddings:
+        n -= sum(p.numel() for p in model.pos.parameters())
+        if not tied:
+            n -= model.embed.weight.numel()
+    return n
+
+
 class LFBlock(nn.Module):
     def __init__(self, cfg: LFByteConfig) -> None:
         super().__init__()
@@ -149,10 +159,9 @@ class LFByteTransformer(nn.Module):
             nn.init.normal_(ffn.w_out if isinstance(ffn, MixtureOfExperts) else ffn.w_out.weight, std=residual_std)
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
-        n = sum(p.numel() for p in self.parameters())
-        if exclude_embeddings and not self.config.tie_embeddings:
-            n -= self.embed.weight.numel()
-        return n
+        """All parameters; ``exclude_embeddings``: without the lookup tables (the token embedding unless it is
+        tied to the output head, and a learned positional table), which cost no matmul FLOPs."""
+        return count_parameters(self, exclude_embeddings, self.config.tie_embeddings)
 
     def init_state(self) -> DecodeState:
         n = self.config.num_layers
