@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import DataError
+from .errors import DataError, short_repr
 from .model.lfbyte import SEPARATOR
 
 DEFAULT_CORPUS = "python-docs"
@@ -71,12 +71,8 @@ def resolve_files(path: str) -> list[Path]:
     try:
         return _resolve_files(path)
     except OSError as e:  # a name longer than the filesystem allows, a loop of links, an unreadable folder
-        raise DataError(f"data.path={_short(path)} cannot be read ({e.strerror or e}); give a file, a directory "
+        raise DataError(f"data.path={short_repr(path)} cannot be read ({e.strerror or e}); give a file, a directory "
                         "or a glob") from None
-
-
-def _short(path: str) -> str:
-    return repr(path) if len(path) <= 120 else repr(path[:100] + "…") + f" ({len(path)} characters)"
 
 
 def _resolve_files(path: str) -> list[Path]:

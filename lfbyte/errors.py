@@ -19,6 +19,17 @@ class CheckpointError(LFByteError):
     pass
 
 
+def describe(e: BaseException) -> str:
+    """What a run's record says of a failure: our own one-line message, or the exception's type and text."""
+    return str(e) if isinstance(e, LFByteError) else f"{type(e).__name__}: {e}"
+
+
+def short_repr(value: object, limit: int = 120) -> str:
+    """``repr(value)`` cut to ``limit`` characters, so a 5000-character input does not become the message."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit - 3]}... ({len(text)} characters)"
+
+
 def print_error(e: BaseException) -> None:
     """The user-facing form: ``error: <line>`` on stderr for each line of the message."""
     import sys

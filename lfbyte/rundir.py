@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint import checkpoint_candidates, checkpoint_dir, load_checkpoint, resume_latest
-from .errors import ConfigError
+from .errors import ConfigError, short_repr
 
 RECORD_FILES = ("config.yaml", "config_history.jsonl", "metrics.json", "metrics.jsonl", "samples.jsonl")
 HISTORY = "config_history.jsonl"
@@ -158,14 +158,9 @@ def check_resume(cfg: dict[str, Any], run_dir: Path) -> dict[str, list[Any]]:
 
 
 def _describe(changes: dict[str, list[Any]], limit: int = 4) -> str:
-    items = [f"{k}: {_short(a)} -> {_short(b)}" for k, (a, b) in list(changes.items())[:limit]]
+    items = [f"{k}: {short_repr(a, 60)} -> {short_repr(b, 60)}" for k, (a, b) in list(changes.items())[:limit]]
     more = f" and {len(changes) - limit} more" if len(changes) > limit else ""
     return ", ".join(items) + more
-
-
-def _short(v: Any) -> str:
-    s = repr(v)
-    return s if len(s) <= 60 else s[:57] + "..."
 
 
 def record_segment(run_dir: Path, cfg: dict[str, Any], changes: dict[str, list[Any]]) -> None:

@@ -19,13 +19,24 @@ from .checkpoint import checkpoint_dir, ensure_writable
 from .config import check_output_dir, hydra_cli, to_plain, validate
 from .data import load_corpus, split_corpus
 from .distributed import DistInfo, spawn, torchrun_info, under_torchrun
-from .errors import ConfigError, LFByteError, print_error
+from .errors import ConfigError, LFByteError, describe, print_error
 from .rundir import claim, claim_sweep, holds_run, record_segment
+
+_CHECKED: set[str] = set()  # configs this process has checked: the CLI checks before Hydra, then train() runs
 
 
 def check(plain: dict[str, Any]) -> None:
     """Everything about a config alone that can fail, checked before any run directory is touched:
-    values, the model's options, peak memory, evaluation-time sampling and the data."""
+    values, the model's options, peak memory, evaluation-time sampling and the data. Once per config and
+    process (``python -m lfbyte.train`` checks in its launcher, then runs the job in the same process)."""
+    key = json.dumps(plain, sort_keys=True, default=str)
+    if key in _CHECKED:
+        return
+    _check(plain)
+    _CHECKED.add(key)
+
+
+def _check(plain: dict[str, Any]) -> None:
     import torch
 
     from .generate import check_sampling
@@ -98,10 +109,9 @@ def _record_failure(run_dir: Path, e: BaseException) -> None:
             return
     except (OSError, ValueError, AttributeError):
         pass
-    message = str(e) if isinstance(e, LFByteError) else f"{type(e).__name__}: {e}"
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"status": "failed", "error": message}, indent=2) + "\n")
+        path.write_text(json.dumps({"status": "failed", "error": describe(e)}, indent=2) + "\n")
     except OSError:
         pass  # e.g. the disk is full: the error line still says what happened
 

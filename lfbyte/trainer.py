@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from .checkpoint import checkpoint_dir, load_checkpoint, resume_latest, save_checkpoint
 from .data import WindowSampler, eval_windows, load_corpus, split_corpus
 from .distributed import DistInfo, all_reduce, gather_objects, init_process_group, pick_backend
-from .errors import CheckpointError, ConfigError, LFByteError
+from .errors import CheckpointError, ConfigError, LFByteError, describe
 from .logger import Logger
 from .model import build_model
 from .precision import autocast, resolve_precision
@@ -452,9 +452,8 @@ class Trainer:
                 note = f"; the checkpoint at step {self.step} could not be written ({e})"
         elif self.saved_step is not None:
             note = f"; the last good checkpoint (step {self.saved_step}) is in {self.ckpt_dir}"
-        message = str(error) if isinstance(error, LFByteError) else f"{type(error).__name__}: {error}"
         try:
-            self._write_metrics("failed", error=message + note)
+            self._write_metrics("failed", error=describe(error) + note)
         except Exception:  # noqa: BLE001
             pass
 
