@@ -33,10 +33,11 @@ class MemoryEstimate:
     activations: float  # bytes saved for backward in one micro-batch
     largest: float  # bytes of the largest single intermediate tensor
     processes: int  # processes sharing the machine's memory (CPU DDP workers)
+    step_windows: float = 0.0  # bytes of one optimizer step's window starts (data.WindowSampler.step_batches)
 
     @property
     def per_process(self) -> float:
-        return self.weights + self.activations + self.largest
+        return self.weights + self.activations + self.largest + self.step_windows
 
     @property
     def total(self) -> float:
@@ -100,21 +101,24 @@ def estimate_memory(cfg: dict[str, Any]) -> MemoryEstimate:
     on_cpu = t.get("device") == "cpu" or (t.get("device") == "auto" and not torch.cuda.is_available())
     processes = int(dist.get("nproc_per_node", 1)) if dist.get("strategy") == "ddp" and on_cpu else 1
     batch = int(t["batch_size"])
+    world = int(dist.get("nproc_per_node", 1)) if dist.get("strategy") == "ddp" else 1
+    # every rank draws the whole step's starts (int64): accumulation_steps × world × batch
+    step_windows = 8.0 * int(t.get("accumulation_steps", 1)) * world * batch
     try:
         p1, _, _ = _measure(m, 1, 0)
         p2, _, _ = _measure(m, 2, 0)
         params = p1 + (p2 - p1) * (int(m["num_layers"]) - 1)
         weights = 4 * FP32 * params  # weights, gradients, exp_avg, exp_avg_sq
         if weights > available_memory(t)[0]:  # already too big: the activations need not be traced
-            return MemoryEstimate(params, weights, 0.0, 0.0, processes)
+            return MemoryEstimate(params, weights, 0.0, 0.0, processes, step_windows)
         _, s1, l1 = _measure(m, 1, batch)
         _, s2, l2 = _measure(m, 2, batch)
     except (RuntimeError, OverflowError, MemoryError) as e:  # shapes past int64: "more than can be represented"
         if "numel" in str(e) or "overflow" in str(e).lower() or isinstance(e, (OverflowError, MemoryError)):
-            return MemoryEstimate(math.inf, math.inf, math.inf, math.inf, processes)
+            return MemoryEstimate(math.inf, math.inf, math.inf, math.inf, processes, step_windows)
         raise
     activations = s1 + (s2 - s1) * (int(m["num_layers"]) - 1)
-    return MemoryEstimate(params, weights, float(activations), float(max(l1, l2)), processes)
+    return MemoryEstimate(params, weights, float(activations), float(max(l1, l2)), processes, step_windows)
 
 
 def available_memory(trainer: dict[str, Any]) -> tuple[float, str]:
@@ -145,6 +149,8 @@ def check_memory(cfg: dict[str, Any]) -> MemoryEstimate | None:
         if est.activations or est.largest:
             parts += (f", activations of one micro-batch {human_bytes(est.activations)}, largest intermediate "
                       f"{human_bytes(est.largest)}")
+        if est.step_windows > est.weights:  # e.g. trainer.accumulation_steps in the quadrillions
+            parts += f", one step's window starts {human_bytes(est.step_windows)}"
         raise ConfigError(
             f"this run needs about {human_bytes(est.total)} of memory{per} but the machine has "
             f"{human_bytes(have)} of {what} ({parts}); lower trainer.batch_size (with "

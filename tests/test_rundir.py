@@ -234,6 +234,7 @@ def test_the_memory_estimate_counts_what_training_holds(preset: str) -> None:
 
 
 @pytest.mark.parametrize("override", [{"trainer": {"batch_size": 10**8}}, {"model": {"seq_len": 10**9}},
+                                      {"trainer": {"accumulation_steps": 16575622260977288}},
                                       {"model": {"embed_dim": 2**20, "num_heads": 1}},
                                       {"model": {"num_layers": 10**9}}, {"model": {"num_experts": 10**8}},
                                       {"model": {"embed_dim": 2**40, "num_heads": 1}}])
