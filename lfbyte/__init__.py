@@ -7,8 +7,12 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str):  # generation pulls no training code; import it on first use
-    if name in ("generate_text", "load_run"):
-        from . import generate
+    if name == "generate_text":
+        from .generate import generate_text
 
-        return getattr(generate, name)
+        return generate_text
+    if name == "load_run":
+        from .runs import load_run
+
+        return load_run
     raise AttributeError(name)

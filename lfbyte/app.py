@@ -23,16 +23,8 @@ import yaml
 
 from .config import hydra_cli, is_int, is_number, to_plain
 from .errors import ConfigError, LFByteError, exit_with
-from .generate import (
-    Run,
-    as_path,
-    check_num_threads,
-    describe_run,
-    find_runs,
-    latest_run,
-    load_run,
-    stream_text,
-)
+from .generate import check_num_threads, stream_text
+from .runs import Run, as_path, describe_run, find_runs, latest_run, load_run
 
 
 class RunCache:

@@ -34,6 +34,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from .config import CONF_DIR, model_preset, to_plain, validate
+from .device import resolve_device
 from .errors import ConfigError, LFByteError, exit_with
 from .precision import autocast
 
@@ -121,7 +122,7 @@ def measure_training(cfg: dict[str, Any], run_dir: Path, steps: int, warmup: int
     trainer = Trainer(cfg, run_dir)
     try:
         lr = float(cfg["optimizer"]["lr"])
-        sec = _median_seconds(lambda: trainer._train_step(lr), steps, warmup, trainer.device)
+        sec = _median_seconds(lambda: trainer.train_step(lr), steps, warmup, trainer.device)
         model, seq_len = trainer.model, trainer.seq_len
         x, y = trainer.sampler.read(trainer.sampler.step_batches(trainer.batch_size, 1, 0, 1)[0])
         act = saved_activation_bytes(model, x.to(trainer.device), y.to(trainer.device), trainer.precision)
@@ -265,10 +266,7 @@ def run_bench(cfg: dict[str, Any], out_dir: str | Path) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     if cfg["trainer"].get("num_threads"):
         torch.set_num_threads(int(cfg["trainer"]["num_threads"]))
-    from .distributed import DistInfo
-    from .trainer import pick_device
-
-    device = pick_device(cfg["trainer"]["device"], DistInfo())
+    device = resolve_device(cfg["trainer"]["device"])
     results: dict[str, Any] = {
         "environment": {
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),

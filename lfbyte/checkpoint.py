@@ -6,8 +6,17 @@ Layout in ``checkpoints/``::
     last.pth             hard link to the newest save (always a complete file)
     model_epoch_N.pth    hard link to the save at the end of epoch N (never rotated)
 
-Every file holds ``model_state_dict`` plus what exact resume needs (optimizer,
-scaler, step, RNG states, data position) and the resolved config it came from.
+Every file is a dict of tensors and plain data (loaded with ``weights_only=True``)::
+
+    model_state_dict       the weights (all a model needs: ``load_run`` rebuilds it from ``config``)
+    config                 the resolved run config the model was built from
+    metrics                the last evaluation (val_bpb, ...)
+    optimizer_state_dict   \
+    scaler_state_dict       } what exact resume needs; absent from a weights-only file
+    trainer_state          /  (``Trainer.state_dict()``: step, time, data position, every rank's RNG)
+
+:func:`make_checkpoint` writes that dict, :func:`restore_model` and :func:`restore_training` read it:
+this module is the only place its keys are spelled.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor, nn
 
 from .errors import CheckpointError
 
@@ -28,6 +38,79 @@ def checkpoint_dir(cfg: dict[str, Any] | None, run_dir: str | Path) -> Path:
     """Where a run's checkpoints live: ``trainer.save_path``, else ``<run dir>/checkpoints``."""
     save_path = ((cfg or {}).get("trainer") or {}).get("save_path")
     return Path(save_path) if save_path else Path(run_dir) / "checkpoints"
+
+
+def make_checkpoint(
+    model: nn.Module,
+    config: dict[str, Any] | None,
+    metrics: dict[str, Any] | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+    trainer_state: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The dict a checkpoint file holds; without optimizer/scaler/trainer_state it holds weights only."""
+    payload: dict[str, Any] = {"model_state_dict": model.state_dict(), "config": config, "metrics": dict(metrics or {})}
+    if trainer_state is not None:
+        assert optimizer is not None and scaler is not None, "a resumable checkpoint needs the optimizer and scaler"
+        payload.update(optimizer_state_dict=optimizer.state_dict(), scaler_state_dict=scaler.state_dict(),
+                       trainer_state=trainer_state)
+    return payload
+
+
+def saved_config(payload: dict[str, Any]) -> dict[str, Any] | None:
+    """The run config a checkpoint embeds (None in files from before configs were embedded)."""
+    cfg = payload.get("config")
+    return cfg if isinstance(cfg, dict) else None
+
+
+def saved_step(payload: dict[str, Any]) -> int | None:
+    """The optimizer step a checkpoint was written at (None for a weights-only file)."""
+    return (payload.get("trainer_state") or {}).get("step")
+
+
+def saved_metrics(payload: dict[str, Any]) -> dict[str, Any]:
+    """The evaluation stored with a checkpoint (val_bpb, ...)."""
+    return dict(payload.get("metrics") or {})
+
+
+def check_state_dict(model: nn.Module, state: dict[str, Tensor], ckpt: Path | str, source: str) -> None:
+    """Name the missing/unexpected keys and mismatched shapes in one line, before torch raises."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    problems = []
+    for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape checkpoint vs config", shapes)):
+        if items:
+            more = f" (+{len(items) - 3} more)" if len(items) > 3 else ""
+            problems.append(f"{label}: {', '.join(items[:3])}{more}")
+    if problems:
+        raise CheckpointError(
+            f"{ckpt} does not match the model in {source} ({'; '.join(problems)}); "
+            "the model config must be the one the checkpoint was trained with"
+        )
+
+
+def restore_model(model: nn.Module, payload: dict[str, Any], ckpt: Path | str, source: str) -> None:
+    """Load a checkpoint's weights into ``model`` (built from ``source``), or say in one line why they do not fit."""
+    state = payload["model_state_dict"]
+    check_state_dict(model, state, ckpt, source)
+    model.load_state_dict(state)
+
+
+def restore_training(
+    payload: dict[str, Any], ckpt: Path | str, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler
+) -> dict[str, Any]:
+    """Load the optimizer and scaler state; returns the trainer state for ``Trainer.load_state_dict``."""
+    if "trainer_state" not in payload:
+        raise CheckpointError(f"{ckpt} holds weights only (no trainer_state); it cannot be resumed from")
+    optimizer.load_state_dict(payload["optimizer_state_dict"])
+    scaler.load_state_dict(payload["scaler_state_dict"])
+    return payload["trainer_state"]
 
 
 STEP_RE = re.compile(r"^step_(\d+)\.pth$")

@@ -234,14 +234,14 @@ def _hardware_problems(t: dict[str, Any], dist: dict[str, Any]) -> list[str]:
     """What this machine cannot run: checked in the launching process, before anything is spawned."""
     import torch
 
+    from .device import resolve_device
     from .distributed import under_torchrun
     from .precision import resolve_precision
 
-    device = t["device"]
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        return ["trainer.device=cuda but no GPU is visible; use trainer.device=cpu"]
+    try:
+        device = resolve_device(t["device"], "trainer.device").type
+    except ConfigError as e:
+        return [str(e)]
     p: list[str] = []
     try:
         resolve_precision(t["precision"], torch.device(device))

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from .errors import DataError, short_repr
-from .model.lfbyte import SEPARATOR
+from .model.byte_lm import SEPARATOR
 
 DEFAULT_CORPUS = "python-docs"
 _COPY_CHUNK = 16 << 20

@@ -2,7 +2,7 @@
 
 Python::
 
-    from lfbyte import generate_text, load_run
+    from lfbyte import generate_text, load_run             # load_run lives in lfbyte.runs
     run = load_run("outputs/runs/2026-11-27_21-05-09")       # newest checkpoint, cpu or cuda
     print(generate_text(run.model, "Once upon a time", max_length=200, temperature=0.8))
 
@@ -22,211 +22,19 @@ import codecs
 import os
 import sys
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import Tensor, nn
 
-from .checkpoint import checkpoint_candidates, checkpoint_dir, load_checkpoint
 from .config import hydra_cli, is_int, is_number, threads_problem, to_plain
-from .errors import CheckpointError, ConfigError, LFByteError, exit_with
-from .model import build_model
-from .model.lfbyte import BYTE_VOCAB, SEPARATOR
+from .errors import ConfigError, LFByteError, exit_with
+from .model.byte_lm import BYTE_VOCAB, SEPARATOR
+from .runs import Run, describe_run, latest_run, load_run
 
 
 class GenerationError(LFByteError, ValueError):
     """Bad generation arguments or a model that cannot be sampled from."""
-
-
-# ----------------------------------------------------------------------------- loading
-
-
-@dataclass
-class Run:
-    """A model rebuilt from a run directory, with what it was built from."""
-
-    model: nn.Module
-    config: dict[str, Any]  # the run's resolved config (``config["model"]`` built the model)
-    run_dir: Path
-    checkpoint: Path
-    step: int | None = None
-    metrics: dict[str, Any] = field(default_factory=dict)  # the eval stored with the checkpoint (val_bpb, ...)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-
-def _pick_device(device: str | torch.device | None) -> torch.device:
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError, ValueError, OverflowError):
-        raise ConfigError(f"device={device!r} is not a device; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device={device} but no GPU is visible; use device=cpu")
-    return device
-
-
-def _read_config(run_dir: Path) -> dict[str, Any] | None:
-    path = run_dir / "config.yaml"
-    if not path.is_file():
-        return None
-    try:
-        cfg = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"{path} is not readable YAML ({str(e).splitlines()[0]}); restore it from the run") from e
-    if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), dict):
-        raise ConfigError(f"{path} has no model: section; is it an lfbyte run config?")
-    return cfg
-
-
-def _checkpoint_dir(run_dir: Path, cfg: dict[str, Any] | None) -> Path:
-    found = checkpoint_dir(cfg, run_dir)
-    return found if found.is_dir() else run_dir / "checkpoints"  # a save_path not on this machine: the run's own
-
-
-def _resolve_checkpoint(run_dir: Path, ckpt_dir: Path, name: str | int | Path) -> Path:
-    """``last`` (newest), a file name in ``checkpoints/`` with or without ``.pth``, a step number, or a path."""
-    name = str(name)
-    if name in ("", "last"):
-        found = checkpoint_candidates(ckpt_dir)
-        if not found:
-            raise CheckpointError(
-                f"no checkpoint in {ckpt_dir}; train the run first (python -m lfbyte.train ...) "
-                "or pass checkpoint=<path to a .pth file>"
-            )
-        return found[0]
-    p = Path(name).expanduser()
-    candidates = [p, run_dir / p, ckpt_dir / p, ckpt_dir / f"{name}.pth"]
-    if name.isdigit():
-        candidates.append(ckpt_dir / f"step_{int(name):07d}.pth")
-    for cand in candidates:
-        try:
-            if cand.is_file():
-                return cand
-        except OSError:  # a name longer than the filesystem allows: not a file
-            continue
-    available = sorted(q.name for q in ckpt_dir.glob("*.pth")) if ckpt_dir.is_dir() else []
-    raise CheckpointError(
-        f"checkpoint {name!r} not found in {ckpt_dir}; available: {', '.join(available) or 'none'}"
-    )
-
-
-def _check_state_dict(model: nn.Module, state: dict[str, Tensor], ckpt: Path, cfg_source: str) -> None:
-    """Name the missing/unexpected keys and mismatched shapes in one line, before torch raises."""
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    shapes = [
-        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state and tuple(state[k].shape) != tuple(v.shape)
-    ]
-    problems = []
-    for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape checkpoint vs config", shapes)):
-        if items:
-            more = f" (+{len(items) - 3} more)" if len(items) > 3 else ""
-            problems.append(f"{label}: {', '.join(items[:3])}{more}")
-    if problems:
-        raise CheckpointError(
-            f"{ckpt} does not match the model in {cfg_source} ({'; '.join(problems)}); "
-            "the model config must be the one the checkpoint was trained with"
-        )
-
-
-def load_run(
-    run_dir: str | Path, checkpoint: str | int | Path = "last", device: str | torch.device | None = None
-) -> Run:
-    """Rebuild the exact model of a run directory (``outputs/runs/<ts>`` or a multirun job folder).
-
-    The model comes from ``run_dir/config.yaml`` (or the config embedded in the checkpoint) and
-    its weights from ``checkpoint``: ``last`` (newest), a name in ``checkpoints/`` such as
-    ``model_epoch_1`` or ``step_0000200``, a step number, or a path. Checkpoints are loaded with
-    ``weights_only=True``: tensors and plain data only. ``device``: ``auto`` (cuda when visible),
-    ``cpu``, ``cuda``, ``cuda:1``. Every failure is a :class:`~lfbyte.errors.LFByteError` with one line.
-    """
-    run_dir = as_path(run_dir, "run_dir")
-    try:
-        is_dir, exists = run_dir.is_dir(), run_dir.exists()
-    except OSError as e:  # e.g. a name longer than the filesystem allows
-        raise CheckpointError(f"run directory {str(run_dir)[:120]} cannot be read ({e.strerror or e}); "
-                              "pass run_dir=<a folder under outputs/>") from None
-    if not is_dir:
-        what = "is a file, not a folder" if exists else "does not exist"
-        raise CheckpointError(f"run directory {run_dir} {what}; pass run_dir=<a folder under outputs/>")
-    target = _pick_device(device)
-    cfg = _read_config(run_dir)
-    if cfg is None and not (run_dir / "checkpoints").is_dir() and (runs := find_runs(run_dir)):
-        # e.g. a multirun sweep folder, or outputs/ itself
-        raise CheckpointError(
-            f"{run_dir} is not a run directory but holds {len(runs)} run(s) below it; pass one as run_dir=, "
-            f"e.g. {runs[0]}"
-        )
-    ckpt_dir = _checkpoint_dir(run_dir, cfg)
-    path = _resolve_checkpoint(run_dir, ckpt_dir, checkpoint)
-    payload = load_checkpoint(path, map_location="cpu")
-    cfg_source = str(run_dir / "config.yaml")
-    if cfg is None:
-        cfg, cfg_source = payload.get("config"), f"the config embedded in {path.name}"
-        if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), dict):
-            raise CheckpointError(f"{run_dir} has no config.yaml and {path} embeds no config; it cannot be rebuilt")
-    try:
-        model = build_model(cfg["model"])
-    except (ValueError, TypeError) as e:
-        raise ConfigError(f"model config in {cfg_source}: {e}") from None
-    state = payload["model_state_dict"]
-    _check_state_dict(model, state, path, cfg_source)
-    model.load_state_dict(state)
-    model.to(target).eval()
-    trainer_state = payload.get("trainer_state") or {}
-    return Run(
-        model=model,
-        config=cfg,
-        run_dir=run_dir,
-        checkpoint=path,
-        step=trainer_state.get("step"),
-        metrics=dict(payload.get("metrics") or {}),
-    )
-
-
-def as_path(value: Any, key: str) -> Path:
-    """A path option as a Path; a number or a list there (``run_dir=1``) is one clear line."""
-    if not isinstance(value, (str, Path)) or not str(value):
-        raise ConfigError(f"{key}={value!r} must be a path to a folder")
-    return Path(value).expanduser()
-
-
-def find_runs(root: str | Path = "outputs", max_depth: int = 8) -> list[Path]:
-    """Run directories under ``root`` that hold a checkpoint, newest checkpoint first.
-
-    Walks at most ``max_depth`` levels (multirun jobs sit 3 below ``outputs/``) and skips
-    hidden folders (``.hydra/``) and what lives inside a run (``checkpoints/``, ``wandb/``).
-    """
-    root = as_path(root, "runs_root")
-    found: list[tuple[float, Path]] = []
-    for folder, subdirs, files in os.walk(root):
-        here = Path(folder)
-        if "config.yaml" in files and (ckpts := checkpoint_candidates(here / "checkpoints")):
-            found.append((max(p.stat().st_mtime for p in ckpts), here))
-        depth = len(here.relative_to(root).parts)
-        subdirs[:] = [] if depth >= max_depth else [
-            d for d in subdirs if not d.startswith(".") and d not in ("checkpoints", "wandb")
-        ]
-    return [p for _, p in sorted(found, key=lambda x: x[0], reverse=True)]
-
-
-def latest_run(root: str | Path = "outputs") -> Path:
-    runs = find_runs(root)
-    if not runs:
-        raise CheckpointError(
-            f"no run with a checkpoint under {root}/; train one (python -m lfbyte.train) or pass run_dir=<dir>"
-        )
-    return runs[0]
 
 
 # ----------------------------------------------------------------------------- decoding
@@ -460,22 +268,6 @@ def generate_text(
 
 
 # ----------------------------------------------------------------------------- CLI
-
-
-def describe_run(run: Run) -> str:
-    """One line: where the model came from and how good it was."""
-    m = run.config["model"]
-    bpb = run.metrics.get("val_bpb")
-    parts = [
-        f"run {run.run_dir}",
-        f"checkpoint {run.checkpoint.name}",
-        f"step {run.step}" if run.step is not None else None,
-        f"val_bpb {bpb:.3f}" if isinstance(bpb, (int, float)) else None,
-        f"{m.get('arch', 'lfbyte')} {run.model.num_parameters() / 1e6:.2f}M params",
-        f"seq_len {m['seq_len']}",
-        f"on {run.device}",
-    ]
-    return ", ".join(p for p in parts if p)
 
 
 def _prompt_text(value: Any) -> str:

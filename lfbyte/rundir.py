@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import checkpoint_candidates, checkpoint_dir, load_checkpoint, resume_latest
+from .checkpoint import checkpoint_candidates, checkpoint_dir, load_checkpoint, resume_latest, saved_config
 from .errors import ConfigError, short_repr
 
 RECORD_FILES = ("config.yaml", "config_history.jsonl", "metrics.json", "metrics.jsonl", "samples.jsonl")
@@ -140,7 +140,7 @@ def check_resume(cfg: dict[str, Any], run_dir: Path) -> dict[str, list[Any]]:
     if found is None:
         return {}
     path, ckpt = found
-    old = ckpt.get("config")
+    old = saved_config(ckpt)
     if not isinstance(old, dict):
         return {}  # written before checkpoints kept their config: the state dict check still applies
     changes = config_changes(old, cfg)

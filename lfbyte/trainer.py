@@ -23,25 +23,24 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from .checkpoint import checkpoint_dir, load_checkpoint, resume_latest, save_checkpoint
+from .checkpoint import (
+    checkpoint_dir,
+    load_checkpoint,
+    make_checkpoint,
+    restore_model,
+    restore_training,
+    resume_latest,
+    save_checkpoint,
+)
 from .data import WindowSampler, eval_windows, load_corpus, split_corpus
+from .device import resolve_device
 from .distributed import DistInfo, all_reduce, gather_objects, init_process_group, pick_backend
-from .errors import CheckpointError, ConfigError, LFByteError, describe
+from .errors import ConfigError, LFByteError, describe
 from .logger import Logger
 from .model import build_model
 from .precision import autocast, resolve_precision
 
 LN2 = math.log(2.0)
-
-
-def pick_device(requested: str, info: DistInfo) -> torch.device:
-    if requested == "auto":
-        requested = "cuda" if torch.cuda.is_available() else "cpu"
-    if requested == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError("trainer.device=cuda but no GPU is visible; use trainer.device=cpu")
-        return torch.device("cuda", info.local_rank % torch.cuda.device_count())
-    return torch.device(requested)
 
 
 def make_optimizer(model: torch.nn.Module, opt: dict, device: torch.device) -> torch.optim.AdamW:
@@ -101,7 +100,7 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         tc, dc = cfg["trainer"], cfg["data"]
         self.tc, self.opt_cfg = tc, cfg["optimizer"]
-        self.device = pick_device(tc["device"], info)
+        self.device = resolve_device(tc["device"], "trainer.device", info.local_rank)
         if tc.get("num_threads"):
             torch.set_num_threads(int(tc["num_threads"]))
         if info.enabled and not torch.distributed.is_initialized():
@@ -170,18 +169,29 @@ class Trainer:
             path, ckpt = found
         else:
             path, ckpt = Path(resume), load_checkpoint(resume, map_location=self.device)
-        if "trainer_state" not in ckpt:
-            raise CheckpointError(f"{path} holds weights only (no trainer_state); it cannot be resumed from")
-        try:
-            self.model.load_state_dict(ckpt["model_state_dict"])
-        except RuntimeError as e:
-            raise CheckpointError(
-                f"{path} does not match model config: {str(e).splitlines()[0][:200]}; "
-                "resume with the model= settings it was trained with"
-            ) from e
-        self.optimizer.load_state_dict(ckpt["optimizer_state_dict"])
-        self.scaler.load_state_dict(ckpt["scaler_state_dict"])
-        st = ckpt["trainer_state"]
+        restore_model(self.model, ckpt, path, "this run's model config")
+        self.load_state_dict(restore_training(ckpt, path, self.optimizer, self.scaler))
+        self.resumed_from = str(path)
+        self.saved_step = self.step
+        if self.info.is_main:
+            print(f"resumed from {path} at step {self.step}", flush=True)
+
+    def state_dict(self, rngs: list[dict] | None = None) -> dict[str, Any]:
+        """The trainer's own counters, data position and RNG states (``rngs``: every rank's, else this one's)."""
+        return {
+            "step": self.step,
+            "epoch": self.step / self.steps_per_epoch,
+            "elapsed_s": self.elapsed(),
+            "bytes_seen": self.bytes_seen,
+            "best_val": self.best_val,
+            "skipped_steps": self.skipped_steps,
+            "sampler": self.sampler.state_dict(),
+            "rng": rngs if rngs is not None else [rng_state()],
+            "world_size": self.info.world_size,
+        }
+
+    def load_state_dict(self, st: dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict`; RNG states are restored only for the same world size."""
         self.step, self.elapsed_before, self.bytes_seen = st["step"], st["elapsed_s"], st["bytes_seen"]
         self.best_val = st.get("best_val")
         self.skipped_steps = st.get("skipped_steps", 0)
@@ -189,10 +199,6 @@ class Trainer:
         rngs = st["rng"]
         if len(rngs) == self.info.world_size:
             set_rng_state(rngs[self.info.rank])
-        self.resumed_from = str(path)
-        self.saved_step = self.step
-        if self.info.is_main:
-            print(f"resumed from {path} at step {self.step}", flush=True)
 
     def _save(self, epoch_end: int | None = None, collective: bool = True) -> None:
         # every rank's dropout RNG, for exact resume; after a failure a peer may never arrive, so rank 0 saves
@@ -201,24 +207,8 @@ class Trainer:
         self.saved_step = self.step
         if not self.info.is_main:
             return
-        payload = {
-            "model_state_dict": self.model.state_dict(),
-            "optimizer_state_dict": self.optimizer.state_dict(),
-            "scaler_state_dict": self.scaler.state_dict(),
-            "trainer_state": {
-                "step": self.step,
-                "epoch": self.step / self.steps_per_epoch,
-                "elapsed_s": self.elapsed(),
-                "bytes_seen": self.bytes_seen,
-                "best_val": self.best_val,
-                "skipped_steps": self.skipped_steps,
-                "sampler": self.sampler.state_dict(),
-                "rng": rngs,
-                "world_size": self.info.world_size,
-            },
-            "metrics": self.last_eval,
-            "config": self.cfg,
-        }
+        payload = make_checkpoint(self.model, self.cfg, self.last_eval, self.optimizer, self.scaler,
+                                  self.state_dict(rngs))
         save_checkpoint(payload, self.ckpt_dir, self.step, int(self.tc["keep_last"]), epoch_end)
 
     # ------------------------------------------------------------------ loop
@@ -253,7 +243,12 @@ class Trainer:
         val_loss = (total[0] / total[1]).item()
         return {"val_loss": val_loss, "val_bpb": val_loss / LN2}
 
-    def _train_step(self, lr: float) -> tuple[float, float, list]:
+    def train_step(self, lr: float) -> tuple[float, float, list]:
+        """One optimizer update at learning rate ``lr`` over ``accumulation_steps`` micro-batches.
+
+        Returns (mean loss, gradient norm, router stats); a non-finite update is skipped or raised per
+        ``trainer.on_nonfinite``. Does not advance :attr:`step`, log or save: :meth:`fit` does (the bench
+        times this alone)."""
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         batches = self.sampler.step_batches(self.batch_size, self.accum, self.info.rank, self.info.world_size)
@@ -364,7 +359,7 @@ class Trainer:
                 if stop:
                     break
                 lr = lr_at(self.progress(), self.step, self.opt_cfg)
-                loss, grad_norm, stats = self._train_step(lr)
+                loss, grad_norm, stats = self.train_step(lr)
                 self.step += 1
                 self.bytes_seen += self.bytes_per_step
                 window_bytes += self.bytes_per_step

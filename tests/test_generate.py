@@ -17,13 +17,12 @@ from lfbyte.errors import CheckpointError, ConfigError
 from lfbyte.generate import (
     Decoder,
     GenerationError,
-    Run,
-    find_runs,
     generate_bytes,
     sample_byte,
     stream_text,
 )
 from lfbyte.model import SEPARATOR, AdaptiveLinear
+from lfbyte.runs import Run, find_runs
 from lfbyte.train import train
 
 from .conftest import compose_cfg, run_cli, tiny_overrides

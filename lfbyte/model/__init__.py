@@ -1,14 +1,16 @@
 """Models: pure torch + einops, no training or I/O dependencies."""
 
 from .adaptive import AdaptiveLinear, CausalConditioner
+from .byte_lm import BYTE_VOCAB, SEPARATOR, VOCAB_SIZE, ModelOutput
 from .channel_mixing import ChannelMixing
 from .gpt import GPT, GPTConfig
-from .lfbyte import SEPARATOR, VOCAB_SIZE, DecodeState, LFByteConfig, LFByteTransformer, ModelOutput
+from .lfbyte import DecodeState, LFByteConfig, LFByteTransformer
 from .moe import MixtureOfExperts, RouterStats
 from .positional import PositionalEncoding
 from .token_mixing import TokenMixing, decay_mix
 
 __all__ = [
+    "BYTE_VOCAB",
     "GPT",
     "SEPARATOR",
     "VOCAB_SIZE",

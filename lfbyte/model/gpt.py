@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from .lfbyte import VOCAB_SIZE, ModelOutput, count_parameters, merge_config
+from .byte_lm import VOCAB_SIZE, ModelOutput, count_parameters, merge_config, next_byte_loss
 from .positional import PositionalEncoding
 
 
@@ -125,7 +125,7 @@ class GPT(nn.Module):
         logits = self.head(self.norm(x))
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-1)
+            loss = next_byte_loss(logits, targets)
         new_state = KVCache(keys, values, offset + idx.shape[1]) if state is not None else None
         return ModelOutput(logits, loss, None, [], new_state)
 

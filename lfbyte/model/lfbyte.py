@@ -14,20 +14,16 @@ logits of the full forward pass.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .adaptive import AdaptiveLinear, CausalConditioner
+from .adaptive import CausalConditioner
+from .byte_lm import VOCAB_SIZE, ModelOutput, count_parameters, merge_config, next_byte_loss
 from .channel_mixing import ChannelMixing
 from .moe import MixtureOfExperts, RouterStats
 from .positional import PositionalEncoding
 from .token_mixing import TokenMixing
-
-BYTE_VOCAB = 256
-SEPARATOR = 256  # document separator token, after the 256 byte values
-VOCAB_SIZE = 257
 
 
 @dataclass
@@ -57,40 +53,12 @@ class LFByteConfig:
 
 
 @dataclass
-class ModelOutput:
-    logits: Tensor
-    loss: Tensor | None = None  # next-byte cross-entropy, nats per byte
-    aux_loss: Tensor | None = None  # weighted MoE balance + z losses (add to loss when training)
-    router_stats: list[RouterStats] = field(default_factory=list)
-    state: object | None = None  # decoding state after these bytes, when asked for
-
-
-@dataclass
 class DecodeState:
     """Per-layer caches for incremental decoding, plus how many bytes were consumed."""
 
     conv: list[Tensor | None]
     mix: list[Tensor | None]
     pos: int = 0
-
-
-def merge_config(cls: type, config: object | None, overrides: dict, owner: str) -> object:
-    """``cls`` (a config dataclass) from ``config`` with keyword ``overrides``; unknown keys are an error."""
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise ValueError(f"unknown {owner} option(s) {unknown}; known: {sorted(known)}")
-    return cls(**{**(asdict(config) if config else {}), **overrides})
-
-
-def count_parameters(model: nn.Module, exclude_embeddings: bool, tied: bool) -> int:
-    """Parameters of a byte model with ``embed`` and ``pos`` modules (both architectures have them)."""
-    n = sum(p.numel() for p in model.parameters())
-    if exclude_embeddings:
-        n -= sum(p.numel() for p in model.pos.parameters())
-        if not tied:
-            n -= model.embed.weight.numel()
-    return n
 
 
 class LFBlock(nn.Module):
@@ -195,7 +163,7 @@ class LFByteTransformer(nn.Module):
         logits = self.head(self.norm(x))
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-1)
+            loss = next_byte_loss(logits, targets)
         new_state = None
         if state is not None:
             new_state = DecodeState(new_conv, new_mix, offset + idx.shape[1])
@@ -224,12 +192,4 @@ class LFByteTransformer(nn.Module):
         return float(cfg.num_layers * per_layer + 2 * d * cfg.vocab_size)
 
 
-__all__ = [
-    "AdaptiveLinear",
-    "DecodeState",
-    "LFByteConfig",
-    "LFByteTransformer",
-    "ModelOutput",
-    "SEPARATOR",
-    "VOCAB_SIZE",
-]
+__all__ = ["DecodeState", "LFByteConfig", "LFByteTransformer"]
