@@ -12,8 +12,8 @@ COMMANDS = {
     "app": "the Gradio app on a run: python -m lfbyte.app run_dir=outputs/runs/<ts>",
     "report": "one table and plot for a sweep: python -m lfbyte.report outputs/multirun/<ts>",
     "bench": "speed and quality of each model on this machine: python -m lfbyte.bench",
-    "bench_train": "training throughput, fp32 vs bf16, 1 vs N processes: python -m lfbyte.bench_train",
-    "bench_decode": "decoding speed, cached vs uncached: python -m lfbyte.bench_decode",
+    "bench.train": "training throughput, fp32 vs bf16, 1 vs N processes: python -m lfbyte.bench.train",
+    "bench.decode": "decoding speed, cached vs uncached: python -m lfbyte.bench.decode",
 }
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import errno
 import socket
-import sys
 import threading
 import traceback
 from collections import OrderedDict
@@ -21,8 +20,9 @@ from typing import Any
 
 import yaml
 
-from .config import hydra_cli, is_int, is_number, to_plain
-from .errors import ConfigError, LFByteError, exit_with
+from .cli import hydra_cli, one_line_errors
+from .config import is_int, is_number, to_plain
+from .errors import ConfigError, LFByteError
 from .generate import check_num_threads, stream_text
 from .runs import Run, as_path, describe_run, find_runs, latest_run, load_run
 
@@ -279,16 +279,12 @@ class RefuseUploads:
 
 
 def _hydra_entry(cfg: Any) -> None:
-    try:
-        serve(to_plain(cfg))
-    except LFByteError as e:
-        exit_with(e)
-    except OSError as e:  # e.g. the port was taken after check_address
-        print(f"error: cannot start the server: {str(e).split('. You can')[0]}; choose another server_port=",
-              file=sys.stderr, flush=True)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        sys.exit(130)
+    with one_line_errors():
+        try:
+            serve(to_plain(cfg))
+        except OSError as e:  # e.g. the port was taken after check_address
+            raise ConfigError(f"cannot start the server: {str(e).split('. You can')[0]}; "
+                              "choose another server_port=") from None
 
 
 def main() -> None:

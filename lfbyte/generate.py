@@ -19,7 +19,6 @@ see :class:`Decoder` for the exact policy.
 from __future__ import annotations
 
 import codecs
-import os
 import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -27,8 +26,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .config import hydra_cli, is_int, is_number, threads_problem, to_plain
-from .errors import ConfigError, LFByteError, exit_with
+from .cli import hydra_cli, one_line_errors
+from .config import is_int, is_number, threads_problem, to_plain
+from .errors import ConfigError, LFByteError
 from .model.byte_lm import BYTE_VOCAB, SEPARATOR
 from .runs import Run, describe_run, latest_run, load_run
 
@@ -52,7 +52,7 @@ class Decoder:
 
     With ``use_cache=True`` each step runs only the new tokens through the cached per-layer
     state; with ``use_cache=False`` each step re-runs the whole window (the reference the
-    cache must reproduce, and the baseline of ``python -m lfbyte.bench_decode``). Both give,
+    cache must reproduce, and the baseline of ``python -m lfbyte.bench.decode``). Both give,
     at every step, the logits of a full forward pass over :attr:`window`.
     """
 
@@ -315,15 +315,8 @@ def run_cli(cfg: dict[str, Any]) -> None:
 
 
 def _hydra_entry(cfg: Any) -> None:
-    try:
+    with one_line_errors():
         run_cli(to_plain(cfg))
-    except LFByteError as e:
-        exit_with(e)
-    except BrokenPipeError:  # the reader went away (`| head`): stop quietly, like other Unix tools
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit flush must not fail again
-        sys.exit(141)  # 128 + SIGPIPE
-    except KeyboardInterrupt:
-        sys.exit(130)
 
 
 def main() -> None:

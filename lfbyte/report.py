@@ -28,6 +28,7 @@ from typing import Any, NoReturn
 import yaml
 
 from .config import is_number
+from .errors import ConfigError, LFByteError, print_error
 from .stats import Summary, summarize, welch
 
 LN2 = math.log(2.0)
@@ -440,7 +441,7 @@ def comparisons(groups: list[Group], key: str | None, vs: dict[str, str] | None)
     if vs:
         base = [g for g in groups if all(g.settings.get(k) == v for k, v in vs.items())]
         if not base:
-            raise ValueError(f"--vs {','.join(f'{k}={v}' for k, v in vs.items())} matches no group of this sweep; "
+            raise ConfigError(f"--vs {','.join(f'{k}={v}' for k, v in vs.items())} matches no group of this sweep; "
                              f"groups: {[g.label() for g in groups]}")
         if base[0].summary() is not None:
             for g in groups:
@@ -614,26 +615,26 @@ def report(sweep_dir: str | Path, out_dir: str | Path | None = None, by: str | N
     """
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
-        raise FileNotFoundError(f"{sweep_dir} is not a directory; pass a multirun dir such as outputs/multirun/<time>")
+        raise ConfigError(f"{sweep_dir} is not a directory; pass a multirun dir such as outputs/multirun/<time>")
     jobs = find_jobs(sweep_dir)
     if not jobs:
-        raise FileNotFoundError(f"no Hydra job directories (with .hydra/overrides.yaml) under {sweep_dir}; "
+        raise ConfigError(f"no Hydra job directories (with .hydra/overrides.yaml) under {sweep_dir}; "
                                 "pass a multirun dir such as outputs/multirun/<time>")
     out = Path(out_dir) if out_dir else sweep_dir
     if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file; pass a folder to write report.md, report.csv and report.png into")
+        raise ConfigError(f"--out {out} is a file; pass a folder to write report.md, report.csv and report.png into")
     swept, common = swept_keys(jobs)
     settings = [k for k in swept if k != SEED_KEY]
     if by is None and settings:  # the swept key with fewest values gives the fewest, longest lines
         by = min(settings, key=lambda k: (len({j.overrides.get(k) for j in jobs}), k))
     if by is not None and by not in swept and by not in common:
-        raise ValueError(f"--by {by!r} is not an override of this sweep; choose from {swept or sorted(common)}")
+        raise ConfigError(f"--by {by!r} is not an override of this sweep; choose from {swept or sorted(common)}")
     per = per_key(swept, per)
     if per is not None and per not in settings:
-        raise ValueError(f"--per {per!r} is not a swept override of this sweep; choose from {settings}")
+        raise ConfigError(f"--per {per!r} is not a swept override of this sweep; choose from {settings}")
     for key in vs or {}:
         if key not in settings:
-            raise ValueError(f"--vs {key}=... is not a swept override of this sweep; choose from {settings}")
+            raise ConfigError(f"--vs {key}=... is not a swept override of this sweep; choose from {settings}")
     groups = group_by_seed(jobs, swept)
     grouped = group_markdown(groups, per, vs) if SEED_KEY in swept or vs else None
     out.mkdir(parents=True, exist_ok=True)
@@ -670,21 +671,18 @@ def main(argv: list[str] | None = None) -> int:
                                      "(e.g. ablation=none)")
     parser.add_argument("--no-plot", action="store_true", help="write only the table")
     args = parser.parse_args(argv)
+    key, sep, value = (args.vs or "").partition("=")
     try:
-        key, sep, value = (args.vs or "").partition("=")
         if args.vs is not None and not (key and sep):
-            raise ValueError(f"--vs {args.vs!r} must be KEY=VALUE, e.g. --vs ablation=none")
-        rows = report(args.sweep_dir, args.out, args.by, args.x_key, plot=not args.no_plot, per=args.per,
-                      vs={key: value} if args.vs else None)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        if e.errno is None:  # report()'s own message: no sweep there
-            print(f"error: {e}", file=sys.stderr)
-        else:  # the OS refused a write, e.g. a read-only folder
-            print(f"error: cannot write the report to {args.out or args.sweep_dir}: {e.strerror or e}; "
-                  "pass --out <a writable folder>", file=sys.stderr)
+            raise ConfigError(f"--vs {args.vs!r} must be KEY=VALUE, e.g. --vs ablation=none")
+        try:
+            rows = report(args.sweep_dir, args.out, args.by, args.x_key, plot=not args.no_plot, per=args.per,
+                          vs={key: value} if args.vs else None)
+        except OSError as e:  # the OS refused a write, e.g. a read-only folder
+            raise ConfigError(f"cannot write the report to {args.out or args.sweep_dir}: {e.strerror or e}; "
+                              "pass --out <a writable folder>") from None
+    except LFByteError as e:  # the contract of every entry point (lfbyte.cli): one error line, exit code 2
+        print_error(e)
         return 2
     out = Path(args.out or args.sweep_dir)
     bad = sum(r["status"] in NOT_OK for r in rows)

@@ -16,7 +16,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from .checkpoint import checkpoint_dir, ensure_writable
-from .config import check_output_dir, hydra_cli, to_plain, validate
+from .cli import hydra_cli
+from .config import check_output_dir, to_plain, validate
 from .data import load_corpus, split_corpus
 from .distributed import DistInfo, spawn, torchrun_info, under_torchrun
 from .errors import ConfigError, LFByteError, describe, print_error

@@ -59,6 +59,14 @@ def compose_cfg(*overrides: str) -> DictConfig:
         return compose("train", overrides=list(overrides))
 
 
+def flat_defaults(name: str) -> dict:
+    """The options of a one-file config (generate, app, bench_decode, ...) as shipped."""
+    import yaml
+
+    data = yaml.safe_load((CONF_DIR / f"{name}.yaml").read_text())
+    return {k: v for k, v in data.items() if k not in ("defaults", "hydra")}
+
+
 def tiny_overrides(text_file: Path, **extra: object) -> list[str]:
     base = {
         "model": "tiny",

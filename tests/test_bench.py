@@ -8,7 +8,7 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 
-from lfbyte.bench import markdown, run_bench
+from lfbyte.bench.suite import markdown, run_bench
 from lfbyte.config import CONF_DIR, to_plain
 
 from .conftest import run_cli

@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 from lfbyte.checkpoint import save_checkpoint
-from lfbyte.config import CONF_DIR, check_overrides, to_plain, usable_cpus
+from lfbyte.cli import check_overrides
+from lfbyte.config import CONF_DIR, to_plain, usable_cpus
 from lfbyte.errors import ConfigError, LFByteError
 from lfbyte.generate import (
     GenerationError,

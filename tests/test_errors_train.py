@@ -21,7 +21,8 @@ import pytest
 import torch
 
 from lfbyte.checkpoint import load_checkpoint
-from lfbyte.config import MAX_SEED, check_overrides, to_plain, usable_cpus, validate
+from lfbyte.cli import check_overrides
+from lfbyte.config import MAX_SEED, to_plain, usable_cpus, validate
 from lfbyte.distributed import DistInfo, spawn
 from lfbyte.errors import CheckpointError, ConfigError, LFByteError
 from lfbyte.train import train

@@ -37,7 +37,8 @@ from lfbyte import app as app_module
 from lfbyte import generate as generate_module
 from lfbyte import report as report_module
 from lfbyte.checkpoint import save_checkpoint
-from lfbyte.config import CONF_DIR, check_overrides, to_plain
+from lfbyte.cli import check_overrides
+from lfbyte.config import CONF_DIR, to_plain
 from lfbyte.errors import LFByteError
 from lfbyte.model import build_model
 from lfbyte.train import check, claim_for_launch, train

@@ -17,7 +17,8 @@ import yaml
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from lfbyte.config import CONF_DIR, check_overrides, to_plain, validate
+from lfbyte.cli import check_overrides
+from lfbyte.config import CONF_DIR, to_plain, validate
 from lfbyte.logger import Logger
 from lfbyte.report import main as report_main
 from lfbyte.report import report

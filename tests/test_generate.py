@@ -25,7 +25,7 @@ from lfbyte.model import SEPARATOR, AdaptiveLinear
 from lfbyte.runs import Run, find_runs
 from lfbyte.train import train
 
-from .conftest import compose_cfg, run_cli, tiny_overrides
+from .conftest import compose_cfg, flat_defaults, run_cli, tiny_overrides
 
 SMALL = dict(seq_len=32, embed_dim=32, num_layers=2, num_heads=2, adapt_dim=8, adapt_rank=4, chunk_size=8)
 
@@ -298,11 +298,13 @@ def test_load_run_on_multirun_job_directories(tmp_path: Path, text_file: Path) -
 
 
 def test_decode_benchmark_prints_a_markdown_table() -> None:
-    from lfbyte.bench_decode import DEFAULTS, run
+    from lfbyte.bench.decode import run
 
-    table = run({**DEFAULTS, "model": "tiny", "seq_len": 64, "contexts": [8, 16], "new_bytes": 2, "repeats": 1})
+    DEFAULTS = flat_defaults("bench_decode")
+
+    table = run({**DEFAULTS, "preset": "tiny", "seq_len": 64, "contexts": [8, 16], "new_bytes": 2, "repeats": 1})
     rows = [line for line in table.splitlines() if line.startswith("| ") and line[2].isdigit()]
     assert [row.split("|")[1].strip() for row in rows] == ["8", "16"]
     assert "| context (bytes) | uncached (bytes/s) | cached (bytes/s) | speed-up |" in table
     with pytest.raises(ConfigError, match="must fit seq_len"):
-        run({**DEFAULTS, "model": "tiny", "seq_len": 16, "contexts": [16]})
+        run({**DEFAULTS, "preset": "tiny", "seq_len": 16, "contexts": [16]})

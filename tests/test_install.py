@@ -113,3 +113,8 @@ def test_the_installed_package_runs_from_the_users_own_folder(installed: Path, p
     proc = _run([py, "-m", "lfbyte.report", "outputs/multirun/seeds", "--no-plot"], cwd=project, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "(2 jobs, 0 not completed)" in proc.stdout
+
+    # the benchmark subpackage ships too (with its own config)
+    proc = _run([py, "-m", "lfbyte.bench.decode", "preset=tiny", "seq_len=64", "contexts=[8]", "new_bytes=2",
+                 "repeats=1", "num_threads=1"], cwd=project, env=env)
+    assert proc.returncode == 0 and "| 8 |" in proc.stdout, proc.stderr[-2000:]

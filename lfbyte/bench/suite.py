@@ -21,22 +21,20 @@ import contextlib
 import copy
 import json
 import math
-import statistics
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from .config import CONF_DIR, model_preset, to_plain, validate
-from .device import resolve_device
-from .errors import ConfigError, LFByteError, exit_with
-from .precision import autocast
+from ..cli import hydra_cli, one_line_errors
+from ..config import model_preset, to_plain, validate
+from ..device import resolve_device
+from ..errors import ConfigError
+from ..precision import autocast
+from .common import environment, median_seconds
 
 SECTIONS = ("peak", "throughput", "scaling", "quality")
 MATMUL_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -64,24 +62,6 @@ def train_config(base: dict[str, Any], model: str, **trainer: Any) -> dict[str, 
 
 
 # ------------------------------------------------------------- measurement
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _median_seconds(fn: Callable[[], object], steps: int, warmup: int, device: torch.device) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(steps):
-        _sync(device)
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def matmul_peak(precision: str, sizes: list[int], seconds: float, device: torch.device) -> dict[str, float]:
     """Best median GFLOP/s of ``n×n @ n×n`` over ``sizes``: the most this machine's matmul gives at that dtype."""
     best = {"gflops": 0.0, "size": 0}
@@ -89,9 +69,9 @@ def matmul_peak(precision: str, sizes: list[int], seconds: float, device: torch.
     for n in sizes:
         a = torch.randn(n, n, device=device).to(dtype)
         b = torch.randn(n, n, device=device).to(dtype)
-        once = _median_seconds(lambda: a @ b, 3, 1, device)  # noqa: B023
+        once = median_seconds(lambda: a @ b, 3, 1, device)  # noqa: B023
         reps = max(3, int(seconds / max(once, 1e-6)))
-        sec = _median_seconds(lambda: a @ b, reps, 0, device)  # noqa: B023
+        sec = median_seconds(lambda: a @ b, reps, 0, device)  # noqa: B023
         gflops = 2 * n**3 / sec / 1e9
         if gflops > best["gflops"]:
             best = {"gflops": gflops, "size": n}
@@ -117,12 +97,12 @@ def saved_activation_bytes(model: torch.nn.Module, x: torch.Tensor, y: torch.Ten
 
 def measure_training(cfg: dict[str, Any], run_dir: Path, steps: int, warmup: int) -> dict[str, Any]:
     """Median time of the real trainer's optimizer step (data read, forward, backward, clip, AdamW)."""
-    from .trainer import Trainer
+    from ..trainer import Trainer
 
     trainer = Trainer(cfg, run_dir)
     try:
         lr = float(cfg["optimizer"]["lr"])
-        sec = _median_seconds(lambda: trainer.train_step(lr), steps, warmup, trainer.device)
+        sec = median_seconds(lambda: trainer.train_step(lr), steps, warmup, trainer.device)
         model, seq_len = trainer.model, trainer.seq_len
         x, y = trainer.sampler.read(trainer.sampler.step_batches(trainer.batch_size, 1, 0, 1)[0])
         act = saved_activation_bytes(model, x.to(trainer.device), y.to(trainer.device), trainer.precision)
@@ -176,7 +156,7 @@ def run_scaling(base: dict, bc: dict, out_dir: Path) -> list[dict[str, Any]]:
 
 
 def run_quality(base: dict, bc: dict, out_dir: Path) -> list[dict[str, Any]]:
-    from .train import train
+    from ..train import train
 
     rows = []
     for name in bc["models"]:
@@ -248,8 +228,8 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 # -------------------------------------------------------------------- main
-def run_bench(cfg: dict[str, Any], out_dir: str | Path) -> dict[str, Any]:
-    """Run the selected sections, write ``results.json`` and ``bench.md`` into ``out_dir``, return the results."""
+def check(cfg: dict[str, Any]) -> None:
+    """Every bench option, before anything is measured (a typo must not wait for an hour of measuring)."""
     bc = cfg["bench"]
     unknown = sorted(set(bc["sections"]) - set(SECTIONS))
     if unknown:
@@ -261,18 +241,20 @@ def run_bench(cfg: dict[str, Any], out_dir: str | Path) -> dict[str, Any]:
     for section in ("throughput", "scaling", "quality"):
         if section in bc["sections"]:
             for name in bc[section]["models"]:
-                model_config(name)  # fail on a typo now, not after an hour of measuring
+                model_config(name)
+
+
+def run_bench(cfg: dict[str, Any], out_dir: str | Path) -> dict[str, Any]:
+    """Run the selected sections, write ``results.json`` and ``bench.md`` into ``out_dir``, return the results."""
+    check(cfg)
+    bc = cfg["bench"]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if cfg["trainer"].get("num_threads"):
         torch.set_num_threads(int(cfg["trainer"]["num_threads"]))
     device = resolve_device(cfg["trainer"]["device"])
     results: dict[str, Any] = {
-        "environment": {
-            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
-            "threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-        },
+        "environment": environment(device),
         "config": bc,
         "data": cfg["data"].get("path") or "default corpus",
     }
@@ -290,28 +272,17 @@ def run_bench(cfg: dict[str, Any], out_dir: str | Path) -> dict[str, Any]:
     return results
 
 
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or "CPU"
-
-
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="bench")
-def main(cfg: DictConfig) -> None:
+def _hydra_entry(cfg: DictConfig) -> None:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
-    try:
+    with one_line_errors():
         results = run_bench(to_plain(cfg), out_dir)
-    except LFByteError as e:
-        exit_with(e)
-    print(markdown(results))
-    print(f"raw results: {out_dir / 'results.json'}", file=sys.stderr)
+        print(markdown(results))
+        print(f"raw results: {out_dir / 'results.json'}", file=sys.stderr)
+
+
+def main() -> None:
+    """``python -m lfbyte.bench [key=value ...]``; see conf/bench.yaml."""
+    hydra_cli("bench", _hydra_entry, check=check)
 
 
 if __name__ == "__main__":

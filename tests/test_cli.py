@@ -1,0 +1,62 @@
+"""Every entry point (``python -m lfbyte`` lists them) keeps one contract: bad input is one ``error:`` line and
+exit 2, before anything is trained, served or measured. And each benchmark part runs end to end on a tiny setting."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from lfbyte.__main__ import COMMANDS
+
+from .conftest import assert_one_error, run_cli
+
+# Per entry point: a misspelt option, and a value the entry point's own check refuses (with its line).
+BAD_INPUT = {
+    "train": (["trainer.max_stepz=3"], re.compile(r"error: trainer\.max_stepz is not a known option.*")),
+    "generate": (["max_lenght=3"], re.compile(r"error: max_lenght is not a known option \(did you mean max_length\?\).*")),
+    "app": (["server_prot=1"], re.compile(r"error: server_prot is not a known option \(did you mean server_port\?\).*")),
+    "report": (["somewhere", "--fancy"], "error: unrecognized arguments: --fancy; see python -m lfbyte.report --help"),
+    "bench": (["bench.sections=[speed]"], re.compile(r"error: bench\.sections has unknown \['speed'\].*")),
+    "bench.train": (["prest=tiny"], re.compile(r"error: prest is not a known option \(did you mean preset\?\).*")),
+    "bench.decode": (["contexts=[2000]"], re.compile(r"error: the longest context 2000 \+ new_bytes=64 must fit "
+                                                     r"seq_len=1024; raise seq_len=")),
+}
+BAD_VALUE = {
+    "bench.train": (["procs=[0]"], re.compile(r"error: procs=\[0\]: each must be an integer in 1\.\.\d+ .*")),
+    "bench.decode": (["preset=smal"], re.compile(r"error: model=smal is not an option.*")),
+}
+
+
+def test_every_command_has_a_bad_input_case() -> None:
+    assert set(BAD_INPUT) == set(COMMANDS)
+
+
+@pytest.mark.parametrize("command", sorted(BAD_INPUT))
+def test_bad_input_is_one_error_line_and_exit_2(command: str, tmp_path: Path) -> None:
+    args, expected = BAD_INPUT[command]
+    if command == "bench":
+        args = [*args, f"hydra.run.dir={tmp_path / 'bench'}"]
+    assert_one_error(run_cli(f"lfbyte.{command}", *args, timeout=120), expected)
+
+
+@pytest.mark.parametrize("command", sorted(BAD_VALUE))
+def test_bench_parts_check_their_values_before_measuring(command: str) -> None:
+    args, expected = BAD_VALUE[command]
+    assert_one_error(run_cli(f"lfbyte.{command}", *args, timeout=120), expected)
+
+
+def test_bench_train_measures_a_tiny_model_end_to_end() -> None:
+    proc = run_cli("lfbyte.bench.train", "preset=tiny", "steps=10", "global_batch=2", "threads=1", "procs=[1]",
+                   "precisions=[fp32]", "extra=['model.seq_len=32']", timeout=300, check=True)
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| fp32 |")]
+    assert len(rows) == 1 and rows[0].endswith("| 1.00x |"), proc.stdout
+    assert "`python -m lfbyte.bench.train preset=tiny" in proc.stdout
+
+
+def test_bench_decode_prints_its_table_from_the_command_line() -> None:
+    proc = run_cli("lfbyte.bench.decode", "preset=tiny", "seq_len=64", "contexts=[8]", "new_bytes=2", "repeats=1",
+                   "num_threads=1", timeout=120, check=True)
+    assert "| context (bytes) | uncached (bytes/s) | cached (bytes/s) | speed-up |" in proc.stdout
+    assert re.search(r"^\| 8 \| [\d,]+ \| [\d,]+ \| [\d.]+× \|$", proc.stdout, flags=re.M), proc.stdout
