@@ -182,7 +182,33 @@ def _unknown_flat(key: str, config_name: str, known: list[str]) -> str:
             f"(conf/{config_name}.yaml)")
 
 
+# Hydra options that come from a plugin package (the ``cluster`` extra), by config path.
+PLUGINS = {
+    "hydra/sweeper/optuna": "hydra-optuna-sweeper",
+    "hydra/sweeper/sampler": "hydra-optuna-sweeper",
+    "hydra/launcher/submitit_slurm": "hydra-submitit-launcher",
+    "hydra/launcher/submitit_local": "hydra-submitit-launcher",
+    "hydra/launcher/joblib": "hydra-joblib-launcher",
+}
+EXTRA_HINT = "pip install 'lfbyte[cluster]' (in a checkout: pip install -e '.[cluster]')"
+
+
+def _missing_plugin(message: str) -> str | None:
+    """The one line for an option whose Hydra plugin is not installed, or None."""
+    m = re.search(r"Could not (?:find|load) '([^']+)'", message)
+    path = m.group(1) if m else ""
+    package = next((pkg for prefix, pkg in PLUGINS.items() if path == prefix or path.startswith(prefix + "/")), None)
+    if package is None:
+        return None
+    used = re.search(r"In '([^']+)'", message)  # one of our presets (conf/hydra/...) that builds on the plugin
+    ours = used is not None and (CONF_DIR / f"{used.group(1)}.yaml").is_file()
+    group, _, name = (used.group(1) if ours else path).rpartition("/")
+    return f"{group}={name} needs the {package} plugin, which is not installed; install it: {EXTRA_HINT}"
+
+
 def _missing_option(message: str) -> str:
+    if plugin := _missing_plugin(message):
+        return plugin
     m = re.search(r"Could not find '([^']+)'", message)
     options = re.findall(r"^\t(\S+)$", message.split("Config search path")[0], flags=re.M)
     if not m:
@@ -194,6 +220,8 @@ def _missing_option(message: str) -> str:
 
 
 def _override_problem(message: str, config_name: str, overrides: list[str], known: list[str] | None) -> str:
+    if plugin := _missing_plugin(message):
+        return plugin
     m = re.search(r"Could not override '([^']+)'", message)
     if not m:
         return "; ".join(line.strip() for line in message.splitlines() if line.strip())

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from .errors import ConfigError
-from .precision import PRECISIONS
+from .precision import precision_problem
 
 
 def _conf_dir() -> Path:
@@ -173,7 +173,7 @@ def validate(cfg: dict[str, Any]) -> None:
            f"trainer.max_time={t.get('max_time')!r} must be null or seconds > 0")
     _check(p, any(t.get(k) for k in ("epochs", "max_steps", "max_time")),
            "set at least one of trainer.epochs, trainer.max_steps, trainer.max_time")
-    _check(p, t.get("precision") in PRECISIONS, f"trainer.precision={t.get('precision')!r} must be one of {list(PRECISIONS)}")
+    _check(p, (problem := precision_problem(t.get("precision"))) is None, problem or "")
     _check(p, t.get("max_grad_norm") is None or (is_number(t["max_grad_norm"]) and t["max_grad_norm"] >= 0),
            f"trainer.max_grad_norm={t.get('max_grad_norm')!r} must be null or >= 0")
     _check(p, t.get("device") in ("auto", "cpu", "cuda"), f"trainer.device={t.get('device')!r} must be auto, cpu or cuda")

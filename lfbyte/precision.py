@@ -24,9 +24,15 @@ def cpu_has_fast_bf16() -> bool:
     return any(flag in flags for flag in ("amx_bf16", "avx512_bf16"))
 
 
+def precision_problem(value: object) -> str | None:
+    """Why ``trainer.precision`` cannot be ``value``, or None."""
+    return None if value in PRECISIONS else f"trainer.precision={value!r} must be one of {list(PRECISIONS)}"
+
+
 def resolve_precision(requested: str, device: torch.device) -> str:
-    if requested not in PRECISIONS:
-        raise ConfigError(f"trainer.precision={requested!r} is not one of {list(PRECISIONS)}")
+    """The precision a run uses on ``device``: ``auto`` picks bf16 where the hardware runs it fast."""
+    if problem := precision_problem(requested):
+        raise ConfigError(problem)
     if requested != "auto":  # fp16 on a CPU is slow but supported by autocast: the user asked for it
         if device.type == "cuda" and requested == "bf16" and not torch.cuda.is_bf16_supported():
             raise ConfigError("trainer.precision=bf16 is not supported on this GPU; use fp16 or fp32")

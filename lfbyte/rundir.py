@@ -31,6 +31,8 @@ FREE_TO_CHANGE = (
     "trainer.peak_tflops", "data.cache_dir", "distributed.master_addr", "distributed.master_port",
     "distributed.backend", "logger",
 )
+# Keys older runs recorded that nothing ever read (removed): a resume of such a run is not a change.
+RETIRED_KEYS = ("data.kind", "optimizer.name")
 # Model keys that change how the model trains, not what it is (its weights load either way).
 MODEL_TRAINING_KEYS = ("model.dropout", "model.chunk_size")
 CHOICES = ("trainer.resume=auto to continue it, trainer.overwrite=true to move it aside and start fresh, "
@@ -123,8 +125,9 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def config_changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, list[Any]]:
-    """``{key: [old, new]}`` for every flattened key whose value differs (``<unset>`` when absent)."""
-    a, b = _flatten(old), _flatten(new)
+    """``{key: [old, new]}`` for every flattened key whose value differs (``<unset>`` when absent);
+    :data:`RETIRED_KEYS` are not compared."""
+    a, b = ({k: v for k, v in _flatten(c).items() if k not in RETIRED_KEYS} for c in (old, new))
     return {k: [a.get(k, "<unset>"), b.get(k, "<unset>")] for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)
             or (k in a) != (k in b)}
 

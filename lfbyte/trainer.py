@@ -35,7 +35,7 @@ from .checkpoint import (
 from .data import WindowSampler, eval_windows, load_corpus, split_corpus
 from .device import resolve_device
 from .distributed import DistInfo, all_reduce, gather_objects, init_process_group, pick_backend
-from .errors import ConfigError, LFByteError, describe
+from .errors import LFByteError, describe
 from .logger import Logger
 from .model import build_model
 from .precision import autocast, resolve_precision
@@ -135,8 +135,7 @@ class Trainer:
             limits.append(int(tc["max_steps"]))
         self.total_steps = min(limits) if limits else None
         self.max_time = float(tc["max_time"]) if tc.get("max_time") else None
-        if self.total_steps is None and self.max_time is None:
-            raise ConfigError("set at least one of trainer.epochs, trainer.max_steps, trainer.max_time")
+        assert self.total_steps or self.max_time, "validate() requires epochs, max_steps or max_time"
 
         self.ckpt_dir = checkpoint_dir(cfg, self.run_dir)
         self.step, self.elapsed_before, self.bytes_seen = 0, 0.0, 0

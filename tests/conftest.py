@@ -59,6 +59,23 @@ def compose_cfg(*overrides: str) -> DictConfig:
         return compose("train", overrides=list(overrides))
 
 
+CLUSTER_EXTRA = "pip install -e '.[cluster]'"
+
+
+def needs_plugin(module: str) -> pytest.MarkDecorator:
+    """Skip (naming the install command) when a Hydra plugin of the ``cluster`` extra is not installed."""
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except ImportError:
+        found = False
+    return pytest.mark.skipif(not found, reason=f"needs {module.split('.')[-1]}: {CLUSTER_EXTRA}")
+
+
+OPTUNA = needs_plugin("hydra_plugins.hydra_optuna_sweeper")
+
+
 def flat_defaults(name: str) -> dict:
     """The options of a one-file config (generate, app, bench_decode, ...) as shipped."""
     import yaml

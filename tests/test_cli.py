@@ -4,13 +4,15 @@ exit 2, before anything is trained, served or measured. And each benchmark part 
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from lfbyte.__main__ import COMMANDS
 
-from .conftest import assert_one_error, run_cli
+from .conftest import REPO, assert_one_error, cli_env, run_cli
 
 # Per entry point: a misspelt option, and a value the entry point's own check refuses (with its line).
 BAD_INPUT = {
@@ -60,3 +62,20 @@ def test_bench_decode_prints_its_table_from_the_command_line() -> None:
                    "num_threads=1", timeout=120, check=True)
     assert "| context (bytes) | uncached (bytes/s) | cached (bytes/s) | speed-up |" in proc.stdout
     assert re.search(r"^\| 8 \| [\d,]+ \| [\d,]+ \| [\d.]+× \|$", proc.stdout, flags=re.M), proc.stdout
+
+
+@pytest.mark.parametrize(("args", "option", "package"), [
+    (["hparams_search=optuna"], "hydra/sweeper=optuna", "hydra-optuna-sweeper"),
+    (["-m", "hydra/launcher=slurm", "seed=1,2"], "hydra/launcher=slurm", "hydra-submitit-launcher"),
+    (["-m", "hydra/launcher=local_parallel", "seed=1,2"], "hydra/launcher=local_parallel", "hydra-joblib-launcher"),
+])
+def test_a_missing_plugin_names_the_extra_that_installs_it(args: list[str], option: str, package: str,
+                                                          tmp_path: Path) -> None:
+    """Without the cluster extra, Hydra would say only that the option does not exist."""
+    (tmp_path / "sitecustomize.py").write_text(
+        "import hydra_plugins\nhydra_plugins.__path__ = []  # as if no Hydra plugin package were installed\n")
+    env = {**cli_env(), "PYTHONPATH": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-m", "lfbyte.train", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert_one_error(proc, f"error: {option} needs the {package} plugin, which is not installed; install it: "
+                           "pip install 'lfbyte[cluster]' (in a checkout: pip install -e '.[cluster]')", quiet=True)

@@ -12,10 +12,11 @@ from omegaconf import OmegaConf
 from lfbyte.config import CONF_DIR, to_plain, validate
 from lfbyte.model import build_model
 
-from .conftest import compose_cfg
+from .conftest import OPTUNA, compose_cfg
 
 GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name != "hydra")
 OPTIONS = [(group, f.stem) for group in GROUPS for f in sorted((CONF_DIR / group).glob("*.yaml"))]
+PLUGIN_OPTIONS = {("hparams_search", "optuna"): OPTUNA}  # options that need a plugin of the cluster extra
 NEEDS = {("data", "bytes"): ["data.path=/dev/null"]}  # a ??? the user must fill; validation does not read it
 
 
@@ -24,7 +25,8 @@ def test_every_group_has_options() -> None:
     assert len(OPTIONS) >= 30
 
 
-@pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
+@pytest.mark.parametrize(("group", "option"), [
+    pytest.param(g, o, id=f"{g}={o}", marks=PLUGIN_OPTIONS.get((g, o), ())) for g, o in OPTIONS])
 def test_every_option_composes_and_validates(group: str, option: str) -> None:
     cfg = compose_cfg(f"{group}={option}", *NEEDS.get((group, option), []))
     plain = to_plain(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]))

@@ -28,7 +28,7 @@ from lfbyte.errors import CheckpointError, ConfigError, LFByteError
 from lfbyte.train import train
 from lfbyte.trainer import Trainer
 
-from .conftest import REPO, EvilPickle, assert_one_error, cli_env, compose_cfg, run_cli, tiny_overrides
+from .conftest import OPTUNA, REPO, EvilPickle, assert_one_error, cli_env, compose_cfg, run_cli, tiny_overrides
 
 KEYS_HINT = "python -m lfbyte.train --cfg job prints every key"
 
@@ -102,8 +102,9 @@ def test_every_value_is_checked_before_data_is_read(override: str, line: str) ->
          "model.num_heads=3"),
         (["-m", "model=tiny,smal"], "model=smal is not an option (did you mean small?); "
                                     "choose one of: base, gpt_base, gpt_mini, gpt_small, gpt_tiny, mini, small, tiny"),
-        (["hparams_search=optuna", "model.num_layers=choice(2,0)"],  # the config itself says MULTIRUN
-         "in the sweep job with model.num_layers=0: model.num_layers=0 must be an integer >= 1"),
+        pytest.param(["hparams_search=optuna", "model.num_layers=choice(2,0)"],  # the config itself says MULTIRUN
+                     "in the sweep job with model.num_layers=0: model.num_layers=0 must be an integer >= 1",
+                     marks=OPTUNA),
         (["model.embed_dim=64,128"], "Ambiguous value for argument 'model.embed_dim=64,128'; 1. To use it as a list, "
                                      "use key=[value1,value2]; 2. To use it as string, quote the value: "
                                      "key='value1,value2'; 3. To sweep over it, add --multirun to your command line"),
@@ -115,8 +116,12 @@ def test_every_value_of_a_sweep_is_checked_before_the_first_job(argv: list[str],
     assert str(info.value) == line
 
 
-def test_sweeps_that_the_config_itself_declares_still_take_values_from_the_command_line() -> None:
+@OPTUNA
+def test_an_optuna_search_takes_its_ranges_from_the_command_line() -> None:
     check_overrides("train", ["hparams_search=optuna", "model.num_layers=choice(1,2)"], check=validate)
+
+
+def test_sweeps_that_the_config_itself_declares_still_take_values_from_the_command_line() -> None:
     check_overrides("train", ["experiment=dims_sweep", "seed=1,2"], check=validate)
     check_overrides("train", ["-m", "model=tiny,small", "optimizer.lr=1e-3,2e-3"], check=validate)
 

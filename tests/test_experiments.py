@@ -24,7 +24,7 @@ from lfbyte.report import main as report_main
 from lfbyte.report import report
 from lfbyte.train import train
 
-from .conftest import compose_cfg, run_cli, tiny_overrides
+from .conftest import OPTUNA, compose_cfg, needs_plugin, run_cli, tiny_overrides
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -301,6 +301,8 @@ def _compose_with_hydra(*overrides: str) -> Any:
         return compose("train", overrides=list(overrides), return_hydra_config=True)
 
 
+@needs_plugin("hydra_plugins.hydra_submitit_launcher")
+@needs_plugin("hydra_plugins.hydra_joblib_launcher")
 def test_launcher_presets_build_their_launchers() -> None:
     slurm = _compose_with_hydra("hydra/launcher=slurm", "distributed=ddp", "distributed.nproc_per_node=4")
     launcher = instantiate(slurm.hydra.launcher)
@@ -311,8 +313,8 @@ def test_launcher_presets_build_their_launchers() -> None:
     assert type(launcher).__name__ == "JoblibLauncher" and local.hydra.launcher.n_jobs == 2
 
 
+@OPTUNA
 def test_optuna_search_minimises_val_bpb() -> None:
-    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     cfg = _compose_with_hydra("hparams_search=optuna")
     assert cfg.hydra.sweeper._target_.endswith("OptunaSweeper") and cfg.hydra.sweeper.direction == "minimize"
     assert "optimizer.lr" in cfg.hydra.sweeper.params and cfg.trainer.max_time

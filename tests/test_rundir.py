@@ -248,3 +248,14 @@ def test_terabyte_configs_are_refused_in_one_line_without_allocating(override: d
     message = str(info.value)
     assert "\n" not in message and ("needs about" in message or "more memory than can be represented" in message)
     assert check_memory({**cfg, "trainer": {**cfg["trainer"], "check_memory": False}}) is None
+
+
+def test_keys_older_runs_recorded_but_nothing_read_are_not_a_change() -> None:
+    """data.kind and optimizer.name were removed (never read): resuming a run that recorded them needs no
+    allow_changes, while a real change beside them is still reported."""
+    from lfbyte.rundir import config_changes
+
+    new = {"data": {"path": None}, "optimizer": {"lr": 1e-3}}
+    old = {"data": {"kind": "text", "path": None}, "optimizer": {"name": "adamw", "lr": 1e-3}}
+    assert config_changes(old, new) == {}
+    assert config_changes(old, {**new, "optimizer": {"lr": 2e-3}}) == {"optimizer.lr": [1e-3, 2e-3]}
