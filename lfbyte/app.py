@@ -21,9 +21,9 @@ from typing import Any
 import yaml
 
 from .cli import hydra_cli, one_line_errors
-from .config import is_int, is_number, to_plain
+from .config import check_threads, is_int, is_number, to_plain
 from .errors import ConfigError, LFByteError
-from .generate import check_num_threads, stream_text
+from .generate import stream_text
 from .runs import Run, as_path, describe_run, find_runs, latest_run, load_run
 
 
@@ -87,7 +87,7 @@ def build_app(cfg: dict[str, Any], cache: RunCache, run_dir: str, note: str = ""
     max_prompt, max_len_cap = int(cfg["max_prompt_bytes"]), int(cfg["max_length_cap"])
 
     def run_choices(current: str) -> list[str]:
-        if not cfg.get("run_menu", True):  # serve this one run and nothing else on the disk
+        if not cfg["run_menu"]:  # serve this one run and nothing else on the disk
             return [current]
         found = [str(p) for p in find_runs(cfg.get("runs_root") or "outputs")]
         return found if current in found else [current, *found]
@@ -194,7 +194,7 @@ def check_config(cfg: dict[str, Any]) -> None:
         if not isinstance(cfg.get(key), bool):
             p.append(f"{key}={cfg.get(key)!r} must be true or false")
     try:
-        check_num_threads(cfg.get("num_threads"))
+        check_threads(cfg.get("num_threads"))
     except ConfigError as e:
         p.append(str(e))
     if p:
@@ -252,7 +252,7 @@ def prepare(cfg: dict[str, Any]) -> Any:
         note = f" (newest run under `{cfg.get('runs_root') or 'outputs'}/`; choose another with run_dir=)"
         print(f"run_dir not given; serving the newest run: {run_dir}", flush=True)
     run_dir = str(as_path(run_dir, "run_dir"))
-    cache = RunCache(cfg.get("checkpoint") or "last", cfg.get("device"), int(cfg.get("cache_size", 2)))
+    cache = RunCache(cfg.get("checkpoint") or "last", cfg.get("device"), int(cfg["cache_size"]))
     print(f"serving {describe_run(cache.get(run_dir))}", flush=True)  # a bad run fails here, before the server
     return build_app(cfg, cache, run_dir, note)
 

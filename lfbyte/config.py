@@ -66,6 +66,18 @@ def known_keys(group: str) -> frozenset[str]:
     return frozenset(keys)
 
 
+@cache
+def required_keys(group: str) -> frozenset[str]:
+    """Keys every complete option of ``conf/<group>/`` sets: the defaults live there, so code reads them as
+    ``cfg[group][key]`` and a config without one (a hand-built dict, a ``~key``) is refused by name."""
+    sets = []
+    for f in (CONF_DIR / group).glob("*.yaml"):
+        data = yaml.safe_load(f.read_text()) or {}
+        if isinstance(data, dict) and "defaults" not in data:  # an option extending another one is checked there
+            sets.append(set(data))
+    return frozenset(set.intersection(*sets)) if sets else frozenset()
+
+
 def did_you_mean(name: str, choices: Any, prefix: str = "") -> str:
     close = difflib.get_close_matches(name, sorted(choices), n=1)
     return f" (did you mean {prefix}{close[0]}?)" if close else ""
@@ -96,6 +108,12 @@ def threads_problem(value: Any, key: str) -> str | None:
     if value is None or is_int(value, 1, cpus):
         return None
     return f"{key}={value!r} must be null (torch's default) or an integer in 1..{cpus} (this machine's cores)"
+
+
+def check_threads(value: Any, key: str = "num_threads") -> None:
+    """Raise the :func:`threads_problem` line, if any."""
+    if problem := threads_problem(value, key):
+        raise ConfigError(problem)
 
 
 def _check(problems: list[str], ok: bool, msg: str) -> None:
@@ -138,6 +156,11 @@ def validate(cfg: dict[str, Any]) -> None:
         if not isinstance(cfg.get(group), dict):
             raise ConfigError(f"config group {group!r} is missing; is conf/ intact? (e.g. {group}=...)")
     m, t, o, d, dist = cfg["model"], cfg["trainer"], cfg["optimizer"], cfg["data"], cfg["distributed"]
+    missing = [f"{group}.{key}" for group in CHECKED_GROUPS if isinstance(cfg.get(group), dict)
+               for key in sorted(required_keys(group) - set(cfg[group]))] + (["seed"] if "seed" not in cfg else [])
+    if missing:
+        raise ConfigError(f"{', '.join(missing)} missing: every option of conf/<group>/ sets them; compose the "
+                          "config with Hydra (lfbyte.train) or set them, e.g. from conf/trainer/default.yaml")
 
     for key in ("seq_len", "embed_dim", "num_layers", "num_heads"):
         _check(p, is_int(m.get(key)), f"model.{key}={m.get(key)!r} must be an integer >= 1")
@@ -180,15 +203,15 @@ def validate(cfg: dict[str, Any]) -> None:
     _check(p, t.get("stop_at_step") is None or is_int(t.get("stop_at_step")),
            f"trainer.stop_at_step={t.get('stop_at_step')!r} must be null or an integer >= 1")
     p += filter(None, [threads_problem(t.get("num_threads"), "trainer.num_threads")])
-    _check(p, is_int(t.get("sample_length", 0), 0), f"trainer.sample_length={t.get('sample_length')!r} must be an "
+    _check(p, is_int(t["sample_length"], 0), f"trainer.sample_length={t.get('sample_length')!r} must be an "
                                                       "integer >= 0 (0: no samples)")
     _check(p, t.get("peak_tflops") is None or (is_number(t["peak_tflops"]) and t["peak_tflops"] > 0),
            f"trainer.peak_tflops={t.get('peak_tflops')!r} must be null or TFLOP/s > 0")
     for key in ("compile", "progress", "overwrite", "allow_changes", "check_memory"):
-        _check(p, isinstance(t.get(key, False), bool), f"trainer.{key}={t.get(key)!r} must be true or false")
+        _check(p, isinstance(t[key], bool), f"trainer.{key}={t.get(key)!r} must be true or false")
     for key in ("resume", "save_path", "sample_prompt"):
         _check(p, t.get(key) is None or isinstance(t[key], str), f"trainer.{key}={t.get(key)!r} must be null or a string")
-    _check(p, t.get("on_nonfinite", "stop") in NONFINITE,
+    _check(p, t["on_nonfinite"] in NONFINITE,
            f"trainer.on_nonfinite={t.get('on_nonfinite')!r} must be one of {list(NONFINITE)}")
     _check(p, is_int(t.get("max_skipped_steps")),
            f"trainer.max_skipped_steps={t.get('max_skipped_steps')!r} must be an integer >= 1")
@@ -205,17 +228,17 @@ def validate(cfg: dict[str, Any]) -> None:
     _check(p, isinstance(betas, list) and len(betas) == 2 and all(is_number(b) and 0 <= b < 1 for b in betas),
            f"optimizer.betas={betas!r} must be two numbers in [0, 1), e.g. [0.9, 0.95]")
     _check(p, is_number(o.get("eps")) and o["eps"] > 0, f"optimizer.eps={o.get('eps')!r} must be > 0")
-    _check(p, is_int(cfg.get("seed", 0), 0, MAX_SEED), f"seed={cfg.get('seed')!r} must be an integer in 0..{MAX_SEED}")
+    _check(p, is_int(cfg["seed"], 0, MAX_SEED), f"seed={cfg.get('seed')!r} must be an integer in 0..{MAX_SEED}")
 
     for key in ("path", "cache_dir"):
         _check(p, d.get(key) is None or isinstance(d[key], str), f"data.{key}={d.get(key)!r} must be null or a path")
-    _check(p, isinstance(dist.get("master_addr", ""), str),
+    _check(p, isinstance(dist["master_addr"], str),
            f"distributed.master_addr={dist.get('master_addr')!r} must be a host name or address")
     vf = d.get("val_fraction")
     _check(p, is_number(vf) and 0 < vf < 1, f"data.val_fraction={vf!r} must be in (0, 1)")
     _check(p, dist.get("strategy") in STRATEGIES, f"distributed.strategy={dist.get('strategy')!r} must be one of {list(STRATEGIES)}")
     _check(p, is_int(dist.get("nproc_per_node")), f"distributed.nproc_per_node={dist.get('nproc_per_node')!r} must be an integer >= 1")
-    _check(p, dist.get("backend", "auto") in BACKENDS,
+    _check(p, dist["backend"] in BACKENDS,
            f"distributed.backend={dist.get('backend')!r} must be one of {list(BACKENDS)}")
     port = dist.get("master_port")
     _check(p, port is None or is_int(port, 1, 65535),

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from .cli import hydra_cli, one_line_errors
-from .config import is_int, is_number, threads_problem, to_plain
+from .config import check_threads, is_int, is_number, to_plain
 from .errors import ConfigError, LFByteError
 from .model.byte_lm import BYTE_VOCAB, SEPARATOR
 from .runs import Run, describe_run, latest_run, load_run
@@ -275,21 +275,15 @@ def _prompt_text(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-def check_num_threads(value: Any) -> None:
-    problem = threads_problem(value, "num_threads")
-    if problem:
-        raise ConfigError(problem)
-
-
 def run_cli(cfg: dict[str, Any]) -> None:
     # every argument is checked before the (slow) load
-    check_num_threads(cfg.get("num_threads"))
+    check_threads(cfg.get("num_threads"))
     if cfg.get("num_threads"):
         torch.set_num_threads(cfg["num_threads"])
     _check_args(cfg["max_length"], cfg["temperature"], cfg.get("top_k"), cfg.get("top_p"), cfg.get("seed"))
     if cfg.get("keep") is not None and not is_int(cfg["keep"]):
         raise GenerationError(f"keep={cfg['keep']!r} must be null (seq_len // 2) or an integer >= 1")
-    if not isinstance(cfg.get("include_prompt", True), bool):
+    if not isinstance(cfg["include_prompt"], bool):
         raise ConfigError(f"include_prompt={cfg['include_prompt']!r} must be true or false")
     run_dir = cfg.get("run_dir")
     if not run_dir:
@@ -306,7 +300,7 @@ def run_cli(cfg: dict[str, Any]) -> None:
         cfg.get("top_p"),
         cfg.get("seed"),
         keep=cfg.get("keep"),
-        include_prompt=cfg.get("include_prompt", True),
+        include_prompt=cfg["include_prompt"],
     )
     for piece in pieces:
         sys.stdout.write(piece)

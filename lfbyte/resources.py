@@ -136,7 +136,7 @@ def available_memory(trainer: dict[str, Any]) -> tuple[float, str]:
 
 def check_memory(cfg: dict[str, Any]) -> MemoryEstimate | None:
     """Refuse (one line) a config whose estimated peak exceeds this machine; ``None`` when the check is off."""
-    if cfg["trainer"].get("check_memory", True) is False:
+    if cfg["trainer"].get("check_memory") is False:  # absent in a partial config (Python callers): checked
         return None
     est = estimate_memory(cfg)
     have, what = available_memory(cfg["trainer"])

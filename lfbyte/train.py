@@ -93,7 +93,7 @@ def train(cfg: DictConfig | dict, run_dir: str | Path) -> dict[str, Any]:
         dist_cfg = plain["distributed"]
         if dist_cfg["strategy"] == "ddp":
             spawn(train_worker, dist_cfg["nproc_per_node"], (plain, str(run_dir)),
-                  dist_cfg.get("master_addr", "127.0.0.1"), dist_cfg.get("master_port"))
+                  dist_cfg["master_addr"], dist_cfg.get("master_port"))
             return json.loads((run_dir / "metrics.json").read_text())
         return train_worker(info, plain, str(run_dir))
     except BaseException as e:

@@ -296,7 +296,7 @@ class Trainer:
                 if self.saved_step is not None else "no checkpoint had been written yet")
         advice = "Lower optimizer.lr" + (f" or use trainer.precision=fp32 (this run is {self.precision})"
                                          if self.precision != "fp32" else "")
-        if not by_scaler and self.tc.get("on_nonfinite", "stop") == "stop":
+        if not by_scaler and self.tc["on_nonfinite"] == "stop":
             raise NonFiniteError(f"non-finite {what} at step {step}; the update was not applied and {kept}. "
                               f"{advice}, or set trainer.on_nonfinite=skip")
         self.skipped_steps += 1
@@ -335,7 +335,7 @@ class Trainer:
         self._t0 = time.perf_counter()
         handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         bar = None
-        if info.is_main and tc.get("progress", True):
+        if info.is_main and tc["progress"]:
             from tqdm import tqdm
 
             bar = tqdm(total=self.total_steps, initial=self.step, desc="train", dynamic_ncols=True,

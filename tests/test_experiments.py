@@ -7,6 +7,7 @@ import json
 import math
 import shutil
 import struct
+import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -63,8 +64,19 @@ def read_wandb_run(run_dir: Path) -> dict[str, Any]:
     """The one offline W&B run under ``run_dir``: run metadata, config, history rows and exit code."""
     files = sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
     assert len(files) == 1, f"expected one offline W&B run under {run_dir}, found {files}"
-    out: dict[str, Any] = {"config": {}, "history": [], "exit_code": None, "files": files[0].parent / "files"}
-    for rec in _wandb_records(files[0]):
+    # wandb-core writes the log from its own process: finish() can return before the records reach the
+    # file (seen: 1 run in ~10 held only the 7-byte header). A complete log ends with the exit record.
+    deadline = time.monotonic() + 30
+    while True:
+        out = _read_wandb_log(files[0])
+        if out["exit_code"] is not None or time.monotonic() > deadline:
+            return out
+        time.sleep(0.2)
+
+
+def _read_wandb_log(path: Path) -> dict[str, Any]:
+    out: dict[str, Any] = {"config": {}, "history": [], "exit_code": None, "files": path.parent / "files"}
+    for rec in _wandb_records(path):
         kind = rec.WhichOneof("record_type")
         if kind == "run":
             out["run"] = rec.run

@@ -21,7 +21,7 @@ import torch
 from omegaconf import DictConfig
 
 from ..cli import hydra_cli, one_line_errors
-from ..config import is_int, model_preset, threads_problem, to_plain
+from ..config import check_threads, is_int, model_preset, to_plain
 from ..device import resolve_device
 from ..errors import ConfigError
 from ..generate import Decoder, sample_byte
@@ -53,8 +53,7 @@ def check(cfg: dict[str, Any]) -> None:
     if max(contexts) + cfg["new_bytes"] > cfg["seq_len"]:
         raise ConfigError(f"the longest context {max(contexts)} + new_bytes={cfg['new_bytes']} must fit seq_len="
                           f"{cfg['seq_len']}; raise seq_len=")
-    if problem := threads_problem(cfg["num_threads"], "num_threads"):
-        raise ConfigError(problem)
+    check_threads(cfg["num_threads"])
     resolve_device(cfg["device"], "device")
 
 
