@@ -10,6 +10,7 @@ COMMANDS = {
     "train": "train a model: python -m lfbyte.train model=small data=text (Hydra overrides; -m for sweeps)",
     "generate": "sample from a run: python -m lfbyte.generate run_dir=outputs/runs/<ts> prompt='Once'",
     "app": "the Gradio app on a run: python -m lfbyte.app run_dir=outputs/runs/<ts>",
+    "compress": "a run's model as a lossless compressor: python -m lfbyte.compress run_dir=<run> input=<file>",
     "report": "one table and plot for a sweep: python -m lfbyte.report outputs/multirun/<ts>",
     "bench": "speed and quality of each model on this machine: python -m lfbyte.bench",
     "bench.train": "training throughput, fp32 vs bf16, 1 vs N processes: python -m lfbyte.bench.train",

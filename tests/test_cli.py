@@ -19,6 +19,7 @@ BAD_INPUT = {
     "train": (["trainer.max_stepz=3"], re.compile(r"error: trainer\.max_stepz is not a known option.*")),
     "generate": (["max_lenght=3"], re.compile(r"error: max_lenght is not a known option \(did you mean max_length\?\).*")),
     "app": (["server_prot=1"], re.compile(r"error: server_prot is not a known option \(did you mean server_port\?\).*")),
+    "compress": (["mode=zip"], "error: mode='zip' must be compress or decompress"),
     "report": (["somewhere", "--fancy"], "error: unrecognized arguments: --fancy; see python -m lfbyte.report --help"),
     "bench": (["bench.sections=[speed]"], re.compile(r"error: bench\.sections has unknown \['speed'\].*")),
     "bench.train": (["prest=tiny"], re.compile(r"error: prest is not a known option \(did you mean preset\?\).*")),
