@@ -45,7 +45,7 @@ from lfbyte.train import check, claim_for_launch, train
 
 from .conftest import compose_cfg, make_text
 
-FAST, SLOW = 15, 100
+FAST, SLOW = 15, 50  # SLOW: random real runs; 50 keeps the slow suite within minutes on 2 cores
 # Each example is a real run (seconds): report the failing example as drawn, without minutes of shrinking.
 PHASES = (Phase.explicit, Phase.reuse, Phase.generate)
 # A train example is bounded by max_steps=2 and max_time=20, but building and stepping a legitimately large
