@@ -92,7 +92,7 @@ def frequencies(p: np.ndarray) -> np.ndarray:
     """Cumulative integer frequencies of the 256 byte values (length 257, ``cum[0] = 0``).
 
     Every byte gets at least 1 (so any file can be coded); the rest of the 2^24 total follows ``p``.
-    A pure function of the logits: encoder and decoder derive the same table."""
+    A pure function of ``p`` (itself of the logits): encoder and decoder derive the same table."""
     freq = np.floor(p * ((1 << FREQ_BITS) - BYTE_VOCAB)).astype(np.int64) + 1
     return np.concatenate(([0], np.cumsum(freq)))
 
