@@ -11,10 +11,12 @@ COMMANDS = {
     "generate": "sample from a run: python -m lfbyte.generate run_dir=outputs/runs/<ts> prompt='Once'",
     "app": "the Gradio app on a run: python -m lfbyte.app run_dir=outputs/runs/<ts>",
     "compress": "a run's model as a lossless compressor: python -m lfbyte.compress run_dir=<run> input=<file>",
+    "export": "a checkpoint (sharded or not) as one weights-only .pth: python -m lfbyte.export run_dir=<run>",
     "report": "one table and plot for a sweep: python -m lfbyte.report outputs/multirun/<ts>",
     "bench": "speed and quality of each model on this machine: python -m lfbyte.bench",
     "bench.train": "training throughput, fp32 vs bf16, 1 vs N processes: python -m lfbyte.bench.train",
     "bench.decode": "decoding speed, cached vs uncached: python -m lfbyte.bench.decode",
+    "bench.memory": "bytes per rank under DDP vs FSDP, and the largest model per GPU: python -m lfbyte.bench.memory",
 }
 
 

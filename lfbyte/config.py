@@ -28,7 +28,7 @@ def _conf_dir() -> Path:
 
 CONF_DIR = _conf_dir()
 SCHEDULES = ("cosine", "linear", "constant")
-STRATEGIES = ("none", "ddp")
+STRATEGIES = ("none", "ddp", "fsdp")
 NONFINITE = ("stop", "skip")
 BACKENDS = ("auto", "gloo", "nccl")
 # Groups whose keys are fixed by the files in conf/<group>/; model options are checked by the model itself.
@@ -240,6 +240,10 @@ def validate(cfg: dict[str, Any]) -> None:
     _check(p, is_int(dist.get("nproc_per_node")), f"distributed.nproc_per_node={dist.get('nproc_per_node')!r} must be an integer >= 1")
     _check(p, dist["backend"] in BACKENDS,
            f"distributed.backend={dist.get('backend')!r} must be one of {list(BACKENDS)}")
+    if dist.get("strategy") == "fsdp":
+        _check(p, isinstance(dist.get("reshard_after_forward"), bool),
+               f"distributed.reshard_after_forward={dist.get('reshard_after_forward')!r} must be true or false "
+               "(distributed=fsdp sets it)")
     port = dist.get("master_port")
     _check(p, port is None or is_int(port, 1, 65535),
            f"distributed.master_port={port!r} must be null (a free port) or an integer in 1..65535")
@@ -264,11 +268,15 @@ def _hardware_problems(t: dict[str, Any], dist: dict[str, Any]) -> list[str]:
         return [str(e)]
     p: list[str] = []
     try:
-        resolve_precision(t["precision"], torch.device(device))
+        precision = resolve_precision(t["precision"], torch.device(device))
+        if dist["strategy"] == "fsdp" and precision == "fp16":
+            p.append(f"distributed=fsdp does not support trainer.precision=fp16"
+                     f"{' (what precision=auto picks on this GPU)' if t['precision'] == 'auto' else ''}; "
+                     "use bf16 or fp32")
     except ConfigError as e:
         p.append(str(e))
     n = dist["nproc_per_node"]
-    if dist["strategy"] == "ddp" and not under_torchrun():
+    if dist["strategy"] in ("ddp", "fsdp") and not under_torchrun():
         if device == "cuda":
             gpus = torch.cuda.device_count()
             _check(p, n <= gpus, f"distributed.nproc_per_node={n} but only {gpus} GPU(s) are visible; "

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from .cli import hydra_cli, one_line_errors
 from .config import check_threads, is_int, is_number, to_plain
+from .distributed import is_sharded
 from .errors import ConfigError, LFByteError
 from .model.byte_lm import BYTE_VOCAB, SEPARATOR
 from .runs import Run, describe_run, latest_run, load_run
@@ -72,9 +73,14 @@ class Decoder:
         idx = torch.tensor([tokens], dtype=torch.long, device=self.device)
         return self.model(idx, state=state, use_cache=self.use_cache)
 
-    @torch.inference_mode()
     def feed(self, tokens: Sequence[int]) -> Tensor:
         """Append ``tokens`` (ids in ``[0, vocab)``) and return the logits after the last one, shape (vocab,)."""
+        # inference_mode is faster, but the buffers an FSDP-sharded model gathers its parameters into would
+        # become inference tensors that training can no longer write (seen with torch 2.13)
+        with torch.no_grad() if is_sharded(self.model) else torch.inference_mode():
+            return self._feed(tokens)
+
+    def _feed(self, tokens: Sequence[int]) -> Tensor:
         tokens = list(tokens)
         if not tokens:
             raise GenerationError("feed() needs at least one token")

@@ -29,7 +29,8 @@ OVERRIDE = "trainer.check_memory=false"
 @dataclass(frozen=True)
 class MemoryEstimate:
     parameters: float  # count
-    weights: float  # bytes: parameters + gradients + AdamW moments (fp32 master weights under autocast too)
+    weights: float  # bytes per process: parameters + gradients + AdamW moments (fp32 master weights under
+    # autocast too); under FSDP a 1/N shard of them, plus one block gathered whole for its forward/backward
     activations: float  # bytes saved for backward in one micro-batch
     largest: float  # bytes of the largest single intermediate tensor
     processes: int  # processes sharing the machine's memory (CPU DDP workers)
@@ -99,9 +100,10 @@ def estimate_memory(cfg: dict[str, Any]) -> MemoryEstimate:
     m, t = cfg["model"], cfg["trainer"]
     dist = cfg.get("distributed", {})
     on_cpu = t.get("device") == "cpu" or (t.get("device") == "auto" and not torch.cuda.is_available())
-    processes = int(dist.get("nproc_per_node", 1)) if dist.get("strategy") == "ddp" and on_cpu else 1
+    spawned = dist.get("strategy") in ("ddp", "fsdp")
+    processes = int(dist.get("nproc_per_node", 1)) if spawned and on_cpu else 1
     batch = int(t["batch_size"])
-    world = int(dist.get("nproc_per_node", 1)) if dist.get("strategy") == "ddp" else 1
+    world = int(dist.get("nproc_per_node", 1)) if spawned else 1
     # every rank draws the whole step's starts (int64): accumulation_steps × world × batch
     step_windows = 8.0 * int(t.get("accumulation_steps", 1)) * world * batch
     try:
@@ -109,6 +111,8 @@ def estimate_memory(cfg: dict[str, Any]) -> MemoryEstimate:
         p2, _, _ = _measure(m, 2, 0)
         params = p1 + (p2 - p1) * (int(m["num_layers"]) - 1)
         weights = 4 * FP32 * params  # weights, gradients, exp_avg, exp_avg_sq
+        if dist.get("strategy") == "fsdp":  # a 1/world shard, plus one block's parameters and gradients whole
+            weights = weights / world + 2 * FP32 * (p2 - p1)
         if weights > available_memory(t)[0]:  # already too big: the activations need not be traced
             return MemoryEstimate(params, weights, 0.0, 0.0, processes, step_windows)
         _, s1, l1 = _measure(m, 1, batch)

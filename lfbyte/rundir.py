@@ -29,8 +29,8 @@ FREE_TO_CHANGE = (
     "trainer.checkpoint_interval", "trainer.keep_last", "trainer.save_path", "trainer.epochs", "trainer.max_steps",
     "trainer.max_time", "trainer.stop_at_step", "trainer.on_nonfinite", "trainer.max_skipped_steps",
     "trainer.peak_tflops", "data.cache_dir", "distributed.master_addr", "distributed.master_port",
-    "distributed.backend", "logger",
-)
+    "distributed.backend", "distributed.strategy", "distributed.reshard_after_forward", "logger",
+)  # (distributed.strategy: ddp and fsdp compute the same update; a different world size is nproc_per_node)
 # Keys older runs recorded that nothing ever read (removed): a resume of such a run is not a change.
 RETIRED_KEYS = ("data.kind", "optimizer.name")
 # Model keys that change how the model trains, not what it is (its weights load either way).
@@ -106,9 +106,9 @@ def _resume_source(cfg: dict[str, Any], run_dir: Path) -> tuple[Path, dict] | No
     resume = cfg["trainer"]["resume"]
     ckpt_dir = checkpoint_dir(cfg, run_dir)
     if resume == "auto":
-        return resume_latest(ckpt_dir, warn=False)
+        return resume_latest(ckpt_dir, warn=False, weights=False)  # the config is all a check reads
     path = Path(resume)
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(path, weights=False)
     if holds_run(run_dir, ckpt_dir) and ckpt_dir.resolve() != path.resolve().parent:
         raise ConfigError(f"trainer.resume={resume} continues another run's checkpoint, but {run_dir} already "
                           "holds a run; resume it into a new hydra.run.dir")

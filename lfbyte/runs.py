@@ -24,6 +24,7 @@ from torch import nn
 from .checkpoint import (
     checkpoint_candidates,
     checkpoint_dir,
+    is_checkpoint,
     load_checkpoint,
     restore_model,
     saved_config,
@@ -70,7 +71,8 @@ def _checkpoint_dir(run_dir: Path, cfg: dict[str, Any] | None) -> Path:
 
 
 def _resolve_checkpoint(run_dir: Path, ckpt_dir: Path, name: str | int | Path) -> Path:
-    """``last`` (newest), a file name in ``checkpoints/`` with or without ``.pth``, a step number, or a path."""
+    """``last`` (newest), a name in ``checkpoints/`` (a file with or without ``.pth``, or a sharded folder), a step
+    number, or a path."""
     name = str(name)
     if name in ("", "last"):
         found = checkpoint_candidates(ckpt_dir)
@@ -83,14 +85,11 @@ def _resolve_checkpoint(run_dir: Path, ckpt_dir: Path, name: str | int | Path) -
     p = Path(name).expanduser()
     candidates = [p, run_dir / p, ckpt_dir / p, ckpt_dir / f"{name}.pth"]
     if name.isdigit():
-        candidates.append(ckpt_dir / f"step_{int(name):07d}.pth")
+        candidates += [ckpt_dir / f"step_{int(name):07d}.pth", ckpt_dir / f"step_{int(name):07d}"]
     for cand in candidates:
-        try:
-            if cand.is_file():
-                return cand
-        except OSError:  # a name longer than the filesystem allows: not a file
-            continue
-    available = sorted(q.name for q in ckpt_dir.glob("*.pth")) if ckpt_dir.is_dir() else []
+        if is_checkpoint(cand):  # a file, or a sharded checkpoint's folder
+            return cand
+    available = sorted(q.name for q in ckpt_dir.iterdir() if is_checkpoint(q)) if ckpt_dir.is_dir() else []
     raise CheckpointError(
         f"checkpoint {name!r} not found in {ckpt_dir}; available: {', '.join(available) or 'none'}"
     )

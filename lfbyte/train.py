@@ -19,7 +19,7 @@ from .checkpoint import checkpoint_dir, ensure_writable
 from .cli import hydra_cli
 from .config import check_output_dir, to_plain, validate
 from .data import load_corpus, split_corpus
-from .distributed import DistInfo, spawn, torchrun_info, under_torchrun
+from .distributed import DistInfo, sharding_problem, spawn, torchrun_info, under_torchrun
 from .errors import ConfigError, LFByteError, describe, print_error
 from .rundir import claim, claim_sweep, holds_run, record_segment
 
@@ -55,6 +55,8 @@ def _check(plain: dict[str, Any]) -> None:
             model = build_model(plain["model"])
     except (ValueError, TypeError, RuntimeError) as e:
         raise ConfigError(f"model config: {str(e).strip().splitlines()[0][:300]}") from None
+    if plain["distributed"]["strategy"] == "fsdp" and (problem := sharding_problem(model)):
+        raise ConfigError(problem)
     t = plain["trainer"]
     if t.get("sample_length"):
         check_sampling(model, t["sample_length"], t.get("sample_prompt") or "")
@@ -91,7 +93,7 @@ def train(cfg: DictConfig | dict, run_dir: str | Path) -> dict[str, Any]:
         if under_torchrun():
             return train_worker(info, plain, str(run_dir))
         dist_cfg = plain["distributed"]
-        if dist_cfg["strategy"] == "ddp":
+        if dist_cfg["strategy"] in ("ddp", "fsdp"):
             spawn(train_worker, dist_cfg["nproc_per_node"], (plain, str(run_dir)),
                   dist_cfg["master_addr"], dist_cfg.get("master_port"))
             return json.loads((run_dir / "metrics.json").read_text())

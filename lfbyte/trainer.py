@@ -1,9 +1,9 @@
 """The training loop: one process's view of a (possibly distributed) run.
 
-Composes model, data, optimizer, precision, DDP, checkpoints and logger from a
-plain resolved config dict. Follows nanoGPT's loop (accumulate with ``no_sync``
-until the last micro-step, loss / micro-steps, clip after unscale, warmup +
-cosine) and adds exact resume, atomic checkpoints and clean pre-emption.
+Composes model, data, optimizer, precision, DDP or FSDP, checkpoints and logger from a
+plain resolved config dict. Follows nanoGPT's loop (accumulate without syncing gradients
+until the last micro-step, loss / micro-steps, clip after unscale, warmup + cosine) and
+adds exact resume, atomic (and, under FSDP, sharded) checkpoints and clean pre-emption.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import random
 import signal
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -25,16 +24,28 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from .checkpoint import (
     checkpoint_dir,
+    is_sharded_checkpoint,
     load_checkpoint,
     make_checkpoint,
     restore_model,
+    restore_sharded,
     restore_training,
     resume_latest,
     save_checkpoint,
+    save_sharded,
 )
 from .data import WindowSampler, eval_windows, load_corpus, split_corpus
 from .device import resolve_device
-from .distributed import DistInfo, all_reduce, gather_objects, init_process_group, pick_backend
+from .distributed import (
+    DistInfo,
+    accumulate,
+    all_reduce,
+    full_value,
+    gather_objects,
+    init_process_group,
+    pick_backend,
+    shard_model,
+)
 from .errors import LFByteError, describe
 from .logger import Logger
 from .model import build_model
@@ -118,7 +129,12 @@ class Trainer:
         self.sampler = WindowSampler(self.corpus, self.train_split, self.seq_len, seed)
 
         torch.manual_seed(seed)  # identical initial weights on every rank
-        self.model = build_model(cfg["model"]).to(self.device)
+        self.sharded = cfg["distributed"]["strategy"] == "fsdp"
+        if self.sharded:  # built on the CPU; each rank moves only its shard to the device
+            self.model = shard_model(build_model(cfg["model"]), self.precision, self.device,
+                                     bool(cfg["distributed"]["reshard_after_forward"]))
+        else:
+            self.model = build_model(cfg["model"]).to(self.device)
         torch.manual_seed(seed + info.rank)
         self.optimizer = make_optimizer(self.model, self.opt_cfg, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
@@ -149,7 +165,7 @@ class Trainer:
         self.train_model: torch.nn.Module = self.model
         if tc.get("compile"):
             self.train_model = torch.compile(self.model)
-        if info.enabled:
+        if info.enabled and not self.sharded:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.train_model = DDP(self.train_model, device_ids=ids)
         self.logger = Logger(self.run_dir, cfg.get("logger", {}), cfg, enabled=info.is_main)
@@ -161,15 +177,20 @@ class Trainer:
     def _maybe_resume(self, resume: str | None) -> None:
         if not resume:
             return
+        # weights=False: a sharded checkpoint's shards are read by restore_sharded, each rank its own part
         if resume == "auto":
-            found = resume_latest(self.ckpt_dir, map_location=self.device, warn=self.info.is_main)
+            found = resume_latest(self.ckpt_dir, map_location=self.device, warn=self.info.is_main, weights=False)
             if found is None:
                 return  # nothing to resume: a fresh start
             path, ckpt = found
         else:
-            path, ckpt = Path(resume), load_checkpoint(resume, map_location=self.device)
-        restore_model(self.model, ckpt, path, "this run's model config")
-        self.load_state_dict(restore_training(ckpt, path, self.optimizer, self.scaler))
+            path, ckpt = Path(resume), load_checkpoint(resume, map_location=self.device, weights=False)
+        source = "this run's model config"
+        if self.sharded or is_sharded_checkpoint(path):
+            self.load_state_dict(restore_sharded(self.model, self.optimizer, self.scaler, ckpt, path, source))
+        else:
+            restore_model(self.model, ckpt, path, source)
+            self.load_state_dict(restore_training(ckpt, path, self.optimizer, self.scaler))
         self.resumed_from = str(path)
         self.saved_step = self.step
         if self.info.is_main:
@@ -204,11 +225,17 @@ class Trainer:
         # alone (its own RNG only: a resume then restores none, as for a changed world size)
         rngs = gather_objects(rng_state(), self.info) if collective else [rng_state()]
         self.saved_step = self.step
+        keep = int(self.tc["keep_last"])
+        if self.sharded:  # every rank writes its shard
+            payload = make_checkpoint(self.model, self.cfg, self.last_eval, self.optimizer, self.scaler,
+                                      self.state_dict(rngs), sharded=True)
+            save_sharded(self.model, self.optimizer, payload, self.ckpt_dir, self.step, keep, epoch_end)
+            return
         if not self.info.is_main:
             return
         payload = make_checkpoint(self.model, self.cfg, self.last_eval, self.optimizer, self.scaler,
                                   self.state_dict(rngs))
-        save_checkpoint(payload, self.ckpt_dir, self.step, int(self.tc["keep_last"]), epoch_end)
+        save_checkpoint(payload, self.ckpt_dir, self.step, keep, epoch_end)
 
     # ------------------------------------------------------------------ loop
     def elapsed(self) -> float:
@@ -231,12 +258,18 @@ class Trainer:
         starts = eval_windows(self.val_split, self.seq_len, int(self.tc["eval_windows"]))
         mine = starts[self.info.rank :: self.info.world_size]
         total = torch.zeros(2, dtype=torch.float64, device=self.device)
-        for i in range(0, len(mine), self.batch_size):
-            x, y = self.sampler.read(mine[i : i + self.batch_size])
+        # a sharded forward is a collective: every rank runs as many batches as the busiest one (an idle
+        # rank re-reads a window and does not count it)
+        per_rank = math.ceil(len(starts) / self.info.world_size)
+        batches = math.ceil(per_rank / self.batch_size) if self.sharded else math.ceil(len(mine) / self.batch_size)
+        for i in range(0, batches * self.batch_size, self.batch_size):
+            chunk = mine[i : i + self.batch_size]
+            x, y = self.sampler.read(chunk if len(chunk) else starts[:1])
             with autocast(self.device, self.precision):
                 out = self.model(x.to(self.device), y.to(self.device))
-            total[0] += out.loss.double() * y.numel()
-            total[1] += y.numel()
+            if len(chunk):
+                total[0] += out.loss.double() * y.numel()
+                total[1] += y.numel()
         all_reduce(total)
         self.model.train()
         val_loss = (total[0] / total[1]).item()
@@ -256,9 +289,7 @@ class Trainer:
         for j, starts in enumerate(batches):
             x, y = self.sampler.read(starts)
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            last = j == len(batches) - 1
-            sync = nullcontext() if (last or not self.info.enabled) else self.train_model.no_sync()
-            with sync:
+            with accumulate(self.model if self.sharded else self.train_model, last=j == len(batches) - 1):
                 with autocast(self.device, self.precision):
                     out = self.train_model(x, y)
                     loss = out.loss + (out.aux_loss if out.aux_loss is not None else 0.0)
@@ -267,9 +298,11 @@ class Trainer:
             stats = out.router_stats
         self.scaler.unscale_(self.optimizer)
         max_norm = self.tc["max_grad_norm"]
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm if max_norm else float("inf"))
+        grad_norm = full_value(  # under FSDP: the norm over every rank's gradient shards
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm if max_norm else float("inf")))
         # One host sync decides the step on every rank alike: the mean loss over ranks, and the grad
-        # norm (equal on all ranks after DDP's all-reduce); a NaN/inf anywhere poisons the sum.
+        # norm (equal on all ranks after DDP's all-reduce or FSDP's norm over shards); a NaN/inf anywhere
+        # poisons the sum.
         health = torch.stack([loss_sum / self.accum, grad_norm.to(loss_sum.dtype)])
         all_reduce(health)
         loss, gnorm = (health / self.info.world_size).tolist()
@@ -346,7 +379,7 @@ class Trainer:
                   f"{len(self.train_split):,} train / {len(self.val_split):,} val bytes | "
                   f"precision {self.precision} | device {self.device} x{info.world_size} | run {self.run_dir}",
                   flush=True)
-        if info.is_main and tc.get("sample_length") and self.step == 0:
+        if self._samples() and self.step == 0:
             self._sample(max_length=2)  # sampling that would fail at the first evaluation fails now, before training
         eval_interval, log_interval = int(tc["eval_interval"]), int(tc["log_interval"])
         ckpt_interval = tc.get("checkpoint_interval")
@@ -416,11 +449,16 @@ class Trainer:
         msg = f"step {self.step}: val_loss {metrics['val_loss']:.4f} | val_bpb {metrics['val_bpb']:.4f}"
         if self.info.is_main:
             (bar.write if bar is not None else print)(msg)
-            if self.tc.get("sample_length"):
-                self.logger.log_text("samples", self._sample(), self.step)
+        if self._samples():
+            self.logger.log_text("samples", self._sample(), self.step)  # the logger writes on rank 0 only
+
+    def _samples(self) -> bool:
+        """This rank generates the evaluation samples: rank 0, or every rank in lockstep when sharded
+        (each forward all-gathers the parameters, so every rank must run it; all compute the same bytes)."""
+        return bool(self.tc.get("sample_length")) and (self.info.is_main or self.sharded)
 
     def _sample(self, max_length: int | None = None) -> str:
-        """A short generated text to watch quality by eye (rank 0, seeded by the step; no global RNG is used)."""
+        """A short generated text to watch quality by eye (seeded by the step; no global RNG is used)."""
         from .generate import generate_text
 
         self.model.eval()
@@ -438,7 +476,11 @@ class Trainer:
         """After a failure: keep what training reached (a checkpoint, unless the weights went non-finite) and
         leave ``metrics.json`` with ``status: failed`` and the reason. Never raises: the error itself matters."""
         note = ""
-        if self.step > (self.saved_step or 0) and not isinstance(error, NonFiniteError):
+        if self.sharded and self.step > (self.saved_step or 0):
+            # a sharded save needs every rank, and after a failure a peer may never arrive
+            kept = f"the last checkpoint (step {self.saved_step})" if self.saved_step is not None else "no checkpoint"
+            note = f"; steps after {self.saved_step or 0} are lost ({kept} is in {self.ckpt_dir})"
+        elif self.step > (self.saved_step or 0) and not isinstance(error, NonFiniteError):
             try:
                 self._save(collective=False)
                 note = f"; training up to step {self.step} is saved in {self.ckpt_dir}"

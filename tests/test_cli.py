@@ -20,11 +20,13 @@ BAD_INPUT = {
     "generate": (["max_lenght=3"], re.compile(r"error: max_lenght is not a known option \(did you mean max_length\?\).*")),
     "app": (["server_prot=1"], re.compile(r"error: server_prot is not a known option \(did you mean server_port\?\).*")),
     "compress": (["mode=zip"], "error: mode='zip' must be compress or decompress"),
+    "export": (["overwrite=maybe"], "error: overwrite='maybe' must be true or false"),
     "report": (["somewhere", "--fancy"], "error: unrecognized arguments: --fancy; see python -m lfbyte.report --help"),
     "bench": (["bench.sections=[speed]"], re.compile(r"error: bench\.sections has unknown \['speed'\].*")),
     "bench.train": (["prest=tiny"], re.compile(r"error: prest is not a known option \(did you mean preset\?\).*")),
     "bench.decode": (["contexts=[2000]"], re.compile(r"error: the longest context 2000 \+ new_bytes=64 must fit "
                                                      r"seq_len=1024; raise seq_len=")),
+    "bench.memory": (["strategies=[zero3]"], "error: strategies=['zero3']: each must be ddp or fsdp"),
 }
 BAD_VALUE = {
     "bench.train": (["procs=[0]"], re.compile(r"error: procs=\[0\]: each must be an integer in 1\.\.\d+ .*")),
@@ -80,3 +82,15 @@ def test_a_missing_plugin_names_the_extra_that_installs_it(args: list[str], opti
                           text=True, timeout=120)
     assert_one_error(proc, f"error: {option} needs the {package} plugin, which is not installed; install it: "
                            "pip install 'lfbyte[cluster]' (in a checkout: pip install -e '.[cluster]')", quiet=True)
+
+
+def test_bench_memory_measures_what_each_rank_holds() -> None:
+    proc = run_cli("lfbyte.bench.memory", "preset=tiny", "procs=[1,2]", "extra=['model.seq_len=32']", timeout=300,
+                   check=True)
+    rows = {tuple(c.strip() for c in line.split("|")[1:3]): line for line in proc.stdout.splitlines()
+            if line.startswith(("| ddp |", "| fsdp |"))}
+    assert set(rows) == {("ddp", "1"), ("ddp", "2"), ("fsdp", "1"), ("fsdp", "2")}, proc.stdout
+    per_param = {k: float(v.rstrip(" |").split("|")[-1]) for k, v in rows.items()}
+    # fp32 weights + gradients + AdamW's two moments: 16 bytes per parameter, halved by sharding over 2 ranks
+    assert per_param["ddp", "1"] == per_param["ddp", "2"] == per_param["fsdp", "1"] == 16.0
+    assert 8.0 <= per_param["fsdp", "2"] < 8.5  # each shard is padded to equal size

@@ -454,7 +454,7 @@ def test_a_killed_ddp_worker_stops_the_run_promptly_with_the_cause(tmp_path: Pat
     assert proc.returncode == 2, out + err
     assert took < 30, f"the surviving worker took {took:.0f}s to stop"
     assert "Traceback" not in out + err
-    assert re.search(r"^error: a DDP worker died \(process \d terminated with signal SIGKILL\); "
+    assert re.search(r"^error: a training worker died \(process \d terminated with signal SIGKILL\); "
                      r"the other workers were stopped$", err, flags=re.M), err
     assert json.loads((run / "metrics.json").read_text())["status"] == "failed"
     assert all(not Path(f"/proc/{w}").exists() or "Z" in Path(f"/proc/{w}/stat").read_text().split()[2]
