@@ -275,6 +275,12 @@ def _hardware_problems(t: dict[str, Any], dist: dict[str, Any]) -> list[str]:
                      "use bf16 or fp32")
     except ConfigError as e:
         p.append(str(e))
+    if dist["backend"] == "nccl" and device != "cuda":
+        p.append(f"distributed.backend=nccl needs CUDA GPUs, but trainer.device is {device}; "
+                 "use distributed.backend=gloo (or auto)")
+    if dist["strategy"] == "fsdp" and dist["backend"] == "gloo" and device == "cuda":
+        p.append("distributed=fsdp on GPUs needs nccl's all-gather and reduce-scatter of GPU tensors; "
+                 "use distributed.backend=nccl (or auto)")
     n = dist["nproc_per_node"]
     if dist["strategy"] in ("ddp", "fsdp") and not under_torchrun():
         if device == "cuda":

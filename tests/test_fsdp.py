@@ -189,6 +189,8 @@ def test_sigkill_during_a_sharded_save_leaves_the_previous_checkpoint(
 @pytest.mark.parametrize("override,message", [
     ("trainer.precision=fp16", "distributed=fsdp does not support trainer.precision=fp16; use bf16 or fp32"),
     ("distributed.reshard_after_forward=maybe", "distributed.reshard_after_forward='maybe' must be true or false"),
+    ("distributed.backend=nccl", "distributed.backend=nccl needs CUDA GPUs, but trainer.device is cpu; use "
+                                 "distributed.backend=gloo (or auto)"),
 ])
 def test_fsdp_options_it_cannot_honour_are_one_line_before_spawning(
     tmp_path: Path, text_file: Path, override: str, message: str
