@@ -354,4 +354,7 @@ def test_with_the_run_menu_off_no_other_run_can_be_reached(run_dir: Path, tmp_pa
         client = _client(url)
         with pytest.raises(AppError, match=r"is not in the list of choices"):
             client.predict(str(other), api_name="/select_run")
+        for name in ("other", "tiny"):  # nor beside it, as run B: not even the run it serves
+            with pytest.raises(AppError, match=r"is not in the list of choices"):
+                client.predict(name, api_name="/select_run_b")
         assert _generate(client, "still here", 4).startswith("still here")

@@ -128,10 +128,13 @@ def build_app(cfg: dict[str, Any], cache: RunCache, run_dir: str, note: str = ""
     def select_b(choice: str | None, current_b: str | None, current: str) -> tuple[str, str, str | None]:
         return select(choice, current_b, current, "B")
 
+    def b_choices(choices: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        return [("none", NONE), *(choices if menu else [])]  # run_menu=false: no second run
+
     def menus(current: str, current_b: str | None) -> tuple[Any, Any]:
         choices = entries(current)
         return (gr.update(choices=choices, value=value_of(current)),
-                gr.update(choices=[("none", NONE), *choices], value=value_of(current_b) if current_b else NONE))
+                gr.update(choices=b_choices(choices), value=value_of(current_b) if current_b else NONE))
 
     def plots(current: str, current_b: str | None) -> tuple[Any, Any]:
         return curves([(name, rec) for name, _, _, rec in shown(current, current_b)])
@@ -227,7 +230,7 @@ def build_app(cfg: dict[str, Any], cache: RunCache, run_dir: str, note: str = ""
                 run_a = gr.Dropdown(choices, value=value_of(run_dir),
                                     label="Run A", info=f"runs under {root}/, newest first; sweeps together",
                                     elem_id="run-a")
-                run_b = gr.Dropdown([("none", NONE), *choices], value=NONE,
+                run_b = gr.Dropdown(b_choices(choices), value=NONE,
                                     label="Run B", info="sampled beside A from the same prompt and seed",
                                     elem_id="run-b", visible=menu)
                 rescan = gr.Button("↻ Rescan runs", size="sm", elem_id="rescan", visible=menu)
