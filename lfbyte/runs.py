@@ -173,6 +173,13 @@ def find_runs(root: str | Path = "outputs", max_depth: int = 8) -> list[Path]:
     return [p for _, p in sorted(found, key=lambda x: x[0], reverse=True)]
 
 
+def runs_root_of(run_dir: str | Path) -> Path:
+    """The folder whose runs ``run_dir`` belongs with: the nearest ``outputs/`` above it (Hydra's output
+    root, however deep the run sits: ``runs/<ts>``, ``multirun/<sweep>/<job>``), else its parent folder."""
+    path = as_path(run_dir, "run_dir").absolute()
+    return next((p for p in path.parents if p.name == "outputs"), path.parent)
+
+
 def latest_run(root: str | Path = "outputs") -> Path:
     runs = find_runs(root)
     if not runs:

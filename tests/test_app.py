@@ -59,11 +59,14 @@ def test_client_gets_streamed_text(app_url: str) -> None:
     assert len(partial) >= 2 and all(final.startswith(p) for p in partial)  # it grew as bytes arrived
 
 
-def test_panel_describes_the_run(app_url: str, runs_root: Path) -> None:
+def test_panel_describes_the_run(app_url: str, runs_root: Path, text_file: Path) -> None:
     with urllib.request.urlopen(app_url + "config", timeout=30) as response:
         config = json.load(response)
     panel = next(c["props"]["value"] for c in config["components"] if c["props"].get("elem_id") == "run-panel")
-    for text in (str(runs_root / "good"), "newest run", "step** 6", "validation bits/byte", "parameters", "seq_len: 64"):
+    for text in ("A: `good` (newest run under", f"| path | `{runs_root / 'good'}` |",
+                 "| checkpoint | `last.pth`, step 6 |", "| validation bits/byte |", "parameters",
+                 f"| data | `{text_file}` |", "| precision | fp32 |", "| world size | 1 |", "| seq_len | 64 |",
+                 "| mlp_ratio | 2.66667 |"):
         assert text in panel
 
 
@@ -75,8 +78,8 @@ def test_bad_requests_get_a_message_and_the_server_keeps_serving(app_url: str, r
         client.predict("x" * 5000, 20, 0.8, 0, 1.0, 1, api_name="/generate")
     with pytest.raises(AppError, match="2000"):  # the cap, whether Gradio or the app says it
         client.predict(PROMPT, 100_000, 0.8, 0, 1.0, 1, api_name="/generate")
-    menu, panel = client.predict(str(runs_root / "mismatch"), api_name="/select_run")
-    assert "Could not load" in panel and "does not match the model" in panel and menu == str(runs_root / "good")
+    menu, panel = client.predict("mismatch", api_name="/select_run")  # runs are named relative to runs_root
+    assert "Could not load" in panel and "does not match the model" in panel and menu == "good"
     text = client.predict(PROMPT, 20, 0.0, 0, 1.0, -1, api_name="/generate")
     assert text.startswith(PROMPT) and len(text) > len(PROMPT)
 
@@ -114,10 +117,10 @@ def test_browser_types_a_prompt_and_sees_generated_text(app_url: str) -> None:
             assert "validation bits/byte" in page.locator("#run-panel").inner_text()
             page.locator("#prompt textarea").fill(PROMPT)
             page.locator("#submit").click()
-            output = page.locator("#output textarea")
+            output = page.locator("#output-a textarea")
             page.wait_for_function(
                 "([sel, n]) => { const el = document.querySelector(sel); return el && el.value.length > n; }",
-                arg=["#output textarea", len(PROMPT)],
+                arg=["#output-a textarea", len(PROMPT)],
                 timeout=120_000,
             )
             assert output.input_value().startswith(PROMPT)

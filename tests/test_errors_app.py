@@ -238,7 +238,8 @@ def test_hostile_and_malformed_requests_get_a_message_and_the_server_keeps_servi
             _generate(client, **{name: value})
         assert str(info.value) == message, (name, value)
     for name in ("max_length", "temperature"):  # not a number: Gradio's own message names the input
-        with pytest.raises(AppError, match=r"Expected a `float`, but the value passed .* was: 'abc'"):
+        # (Max Length is a number box, whose type Gradio words `float | None`; Temperature a slider: `float`)
+        with pytest.raises(AppError, match=r"Expected a `float( \| None)?`, but the value passed .* was: 'abc'"):
             _generate(client, **{name: "abc"})
     # the run menu loads only the runs it lists: no directory of the caller's choosing
     for choice in ("/etc", "/tmp", "../.."):
@@ -353,4 +354,7 @@ def test_with_the_run_menu_off_no_other_run_can_be_reached(run_dir: Path, tmp_pa
         client = _client(url)
         with pytest.raises(AppError, match=r"is not in the list of choices"):
             client.predict(str(other), api_name="/select_run")
+        for name in ("other", "tiny"):  # nor beside it, as run B: not even the run it serves
+            with pytest.raises(AppError, match=r"is not in the list of choices"):
+                client.predict(name, api_name="/select_run_b")
         assert _generate(client, "still here", 4).startswith("still here")
