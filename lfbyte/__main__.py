@@ -9,7 +9,7 @@ from . import __version__
 COMMANDS = {
     "train": "train a model: python -m lfbyte.train model=small data=text (Hydra overrides; -m for sweeps)",
     "generate": "sample from a run: python -m lfbyte.generate run_dir=outputs/runs/<ts> prompt='Once'",
-    "app": "the Gradio app on a run: python -m lfbyte.app run_dir=outputs/runs/<ts>",
+    "app": "the Gradio bench: two runs side by side, their curves: python -m lfbyte.app run_dir=outputs/runs/<ts>",
     "compress": "a run's model as a lossless compressor: python -m lfbyte.compress run_dir=<run> input=<file>",
     "export": "a checkpoint (sharded or not) as one weights-only .pth: python -m lfbyte.export run_dir=<run>",
     "report": "one table and plot for a sweep: python -m lfbyte.report outputs/multirun/<ts>",

@@ -71,7 +71,7 @@ class Unreadable(ValueError):
     """A job file that exists but does not hold what it should (torn write, hand edit, wrong file)."""
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
+def read_json(path: Path) -> dict[str, Any] | None:
     """The JSON object in ``path``; ``None`` if there is no such file; :class:`Unreadable` if it is not one."""
     if not path.is_file():
         return None
@@ -85,7 +85,8 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return data
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Every JSON object line of ``path`` (e.g. metrics.jsonl); a missing file or a damaged line is skipped."""
     rows = []
     if path.is_file():
         try:
@@ -166,9 +167,9 @@ def read_job(job_dir: Path) -> Job:
         items, bad_overrides = [], str(e)
     overrides = _parse_overrides(items)
 
-    rows = continued_rows(_read_jsonl(job_dir / "metrics.jsonl"))
+    rows = continued_rows(read_jsonl(job_dir / "metrics.jsonl"))
     try:
-        final = _read_json(job_dir / "metrics.json")
+        final = read_json(job_dir / "metrics.json")
         torn = ""
     except Unreadable as e:  # the outcome is unknown: show the last logged values, and why
         final, torn = None, str(e) + ("; showing the last values in metrics.jsonl" if rows else "")

@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from ..config import is_number
-from ..report import Unreadable, _read_json, _read_jsonl, continued_rows
+from ..report import Unreadable, continued_rows, read_json, read_jsonl
 from ..rundir import HISTORY, config_changes
 from ..runs import Run, find_runs, load_run
 
@@ -108,11 +108,11 @@ def read_record(run_dir: str | Path, config: dict[str, Any] | None = None) -> Re
             rec.problems.append("config.yaml is missing or unreadable")
     rec.config = config
     try:
-        rec.final = _read_json(rec.run_dir / "metrics.json") or {}
+        rec.final = read_json(rec.run_dir / "metrics.json") or {}
     except Unreadable as e:
         rec.problems.append(str(e))
-    rec.rows = continued_rows(_read_jsonl(rec.run_dir / "metrics.jsonl"))
-    history = _read_jsonl(rec.run_dir / HISTORY)
+    rec.rows = continued_rows(read_jsonl(rec.run_dir / "metrics.jsonl"))
+    history = read_jsonl(rec.run_dir / HISTORY)
     rec.segments = len(history)
     if history and isinstance(history[0].get("started"), str):
         rec.started = history[0]["started"].replace("T", " ")
@@ -200,11 +200,11 @@ def _label(name: str, run_dir: Path) -> str:
     try:
         loaded = yaml.safe_load((run_dir / "config.yaml").read_text(errors="replace"))
         rec.config = loaded if isinstance(loaded, dict) else {}
-        rec.final = _read_json(run_dir / "metrics.json") or {}
+        rec.final = read_json(run_dir / "metrics.json") or {}
     except (OSError, yaml.YAMLError, Unreadable):
         pass
     if "val_bpb" not in rec.final:  # still running, or killed: its last eval
-        rec.rows = _read_jsonl(run_dir / "metrics.jsonl")
+        rec.rows = read_jsonl(run_dir / "metrics.jsonl")
     bpb = rec.val_bpb
     status = rec.final.get("status")
     return f"{name} — " + " · ".join(filter(None, [
