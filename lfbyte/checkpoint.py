@@ -430,7 +430,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
     except OSError as e:  # e.g. a name longer than the filesystem allows
         raise CheckpointError(f"checkpoint {str(path)[:200]} cannot be read ({e.strerror or e})") from None
     if folder:
-        if not (path / SHARDED_META).is_file() or not (path / ".metadata").is_file():
+        if not is_sharded_checkpoint(path):
             raise CheckpointError(f"{path} is a folder but not a complete sharded checkpoint (no "
                                   f"{SHARDED_META} or .metadata); give a step_* checkpoint written by lfbyte")
         obj = _load_file(path / SHARDED_META, map_location)
@@ -484,8 +484,9 @@ def checkpoint_candidates(ckpt_dir: Path) -> list[Path]:
     ckpt_dir = Path(ckpt_dir)
     if not ckpt_dir.is_dir():
         return []
-    steps = [p for p in ckpt_dir.iterdir() if (m := STEP_RE.match(p.name)) and (m[2] or is_sharded_checkpoint(p))]
-    order = {p: int(STEP_RE.match(p.name)[1]) for p in steps}
+    order = {p: int(m[1]) for p in ckpt_dir.iterdir()
+             if (m := STEP_RE.match(p.name)) and (m[2] or is_sharded_checkpoint(p))}
+    steps = list(order)
     last = ckpt_dir / "last.pth"
     if last.is_file():
         same = [p for p in steps if p.is_file() and os.path.samefile(p, last)]

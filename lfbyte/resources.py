@@ -45,6 +45,12 @@ class MemoryEstimate:
         return self.per_process * self.processes
 
 
+def gathered_block(block_parameters: float) -> float:
+    """Bytes FSDP holds unsharded beyond its shards: one block's fp32 parameters and gradients, gathered
+    for its forward and backward."""
+    return 2 * FP32 * block_parameters
+
+
 def human_bytes(n: float) -> str:
     if not math.isfinite(n):
         return "more than can be represented"
@@ -111,8 +117,8 @@ def estimate_memory(cfg: dict[str, Any]) -> MemoryEstimate:
         p2, _, _ = _measure(m, 2, 0)
         params = p1 + (p2 - p1) * (int(m["num_layers"]) - 1)
         weights = 4 * FP32 * params  # weights, gradients, exp_avg, exp_avg_sq
-        if dist.get("strategy") == "fsdp":  # a 1/world shard, plus one block's parameters and gradients whole
-            weights = weights / world + 2 * FP32 * (p2 - p1)
+        if dist.get("strategy") == "fsdp":  # a 1/world shard, plus one block gathered whole
+            weights = weights / world + gathered_block(p2 - p1)
         if weights > available_memory(t)[0]:  # already too big: the activations need not be traced
             return MemoryEstimate(params, weights, 0.0, 0.0, processes, step_windows)
         _, s1, l1 = _measure(m, 1, batch)

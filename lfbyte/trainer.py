@@ -292,7 +292,7 @@ class Trainer:
             with accumulate(self.model if self.sharded else self.train_model, last=j == len(batches) - 1):
                 with autocast(self.device, self.precision):
                     out = self.train_model(x, y)
-                    loss = out.loss + (out.aux_loss if out.aux_loss is not None else 0.0)
+                    loss = out.training_loss
                 self.scaler.scale(loss / self.accum).backward()
             loss_sum += out.loss.detach()
             stats = out.router_stats

@@ -52,7 +52,7 @@ def _measure_rank(info: DistInfo, cfg: dict[str, Any], out: str) -> None:
         x, y = trainer.sampler.read(starts)
         with accumulate(trainer.model if trainer.sharded else trainer.train_model, last=True):
             res = trainer.train_model(x.to(trainer.device), y.to(trainer.device))
-            (res.loss + (res.aux_loss if res.aux_loss is not None else 0.0)).backward()
+            res.training_loss.backward()
         params = list(model.parameters())
         row = {
             "rank": info.rank,
@@ -93,14 +93,14 @@ def _largest(cfg: dict[str, Any], per_param: float, sharded: bool) -> tuple[int,
 
     Parameters and activations grow by the same amount with every block (the estimator measures one- and
     two-block models on the meta device), so the need is linear in the block count."""
-    from ..resources import estimate_memory
+    from ..resources import estimate_memory, gathered_block
 
     model = model_preset(cfg["preset"])
     trainer = {"batch_size": cfg["batch_size"], "device": "cpu", "accumulation_steps": 1}
     e1, e2 = (estimate_memory({"model": {**model, "num_layers": n}, "trainer": trainer, "distributed": {}})
               for n in (1, 2))
     block_params, block_acts = e2.parameters - e1.parameters, e2.activations - e1.activations
-    gathered = 2 * 4 * block_params if sharded else 0.0  # one block's fp32 weights + gradients, gathered whole
+    gathered = gathered_block(block_params) if sharded else 0.0
     fixed = per_param * e1.parameters + e1.activations + max(e1.largest, e2.largest) + gathered
     per_block = per_param * block_params + block_acts
     blocks = 1 + int((cfg["gpu_gb"] * GB - fixed) // per_block) if fixed <= cfg["gpu_gb"] * GB else 0

@@ -26,6 +26,12 @@ class ModelOutput:
     router_stats: list[RouterStats] = field(default_factory=list)
     state: object | None = None  # decoding state after these bytes, when asked for
 
+    @property
+    def training_loss(self) -> Tensor:
+        """What training minimises: the next-byte loss plus the auxiliary (MoE) losses."""
+        assert self.loss is not None, "the forward pass was given no targets"
+        return self.loss if self.aux_loss is None else self.loss + self.aux_loss
+
 
 def next_byte_loss(logits: Tensor, targets: Tensor) -> Tensor:
     """Mean cross-entropy in nats per byte, in fp32 whatever the autocast dtype; targets of -1 are ignored."""
