@@ -15,9 +15,8 @@ import yaml
 
 from lfbyte.train import train
 
-from .conftest import compose_cfg, run_cli, serve_app, tiny_overrides
+from .conftest import compose_cfg, headless_chromium, run_cli, serve_app, tiny_overrides
 
-CHROMIUM = Path("/usr/bin/chromium")
 PROMPT = "Once upon a time"
 
 
@@ -96,33 +95,17 @@ def test_a_bad_run_dir_at_startup_is_one_line(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_browser_types_a_prompt_and_sees_generated_text(app_url: str) -> None:
-    # Locally a missing browser skips; under CI (CI=true, set by .ci/run) it fails: CI must open a real browser.
-    missing = pytest.fail if os.environ.get("CI") == "true" else pytest.skip
-    if not CHROMIUM.exists():
-        missing("Debian chromium is not installed (apt-get install -y chromium); .ci/run installs it")
-    try:
-        import playwright.sync_api as playwright
-    except ImportError:
-        missing("playwright is not installed: pip install -e '.[dev]'")
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=str(CHROMIUM),
-            args=["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"],
+    with headless_chromium() as browser:
+        page = browser.new_page()
+        page.goto(app_url, wait_until="domcontentloaded")  # the app keeps a connection open: never "networkidle"
+        page.locator("#run-panel").wait_for(timeout=60_000)
+        assert "validation bits/byte" in page.locator("#run-panel").inner_text()
+        page.locator("#prompt textarea").fill(PROMPT)
+        page.locator("#submit").click()
+        output = page.locator("#output-a textarea")
+        page.wait_for_function(
+            "([sel, n]) => { const el = document.querySelector(sel); return el && el.value.length > n; }",
+            arg=["#output-a textarea", len(PROMPT)],
+            timeout=120_000,
         )
-        try:
-            page = browser.new_page()
-            page.goto(app_url, wait_until="domcontentloaded")  # the app keeps a connection open: never "networkidle"
-            page.locator("#run-panel").wait_for(timeout=60_000)
-            assert "validation bits/byte" in page.locator("#run-panel").inner_text()
-            page.locator("#prompt textarea").fill(PROMPT)
-            page.locator("#submit").click()
-            output = page.locator("#output-a textarea")
-            page.wait_for_function(
-                "([sel, n]) => { const el = document.querySelector(sel); return el && el.value.length > n; }",
-                arg=["#output-a textarea", len(PROMPT)],
-                timeout=120_000,
-            )
-            assert output.input_value().startswith(PROMPT)
-        finally:
-            browser.close()
+        assert output.input_value().startswith(PROMPT)

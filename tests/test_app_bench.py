@@ -30,9 +30,8 @@ from lfbyte.generate import generate_bytes, generate_text
 from lfbyte.runs import load_run, runs_root_of
 from lfbyte.train import train
 
-from .conftest import compose_cfg, serve_app, tiny_overrides
+from .conftest import compose_cfg, headless_chromium, serve_app, tiny_overrides
 
-CHROMIUM = Path("/usr/bin/chromium")
 PROMPT = "Once upon a time"
 CAP = int(yaml.safe_load((CONF_DIR / "app.yaml").read_text())["max_length_cap"])
 LN2 = math.log(2.0)
@@ -290,38 +289,17 @@ def test_the_panel_says_how_two_runs_differ(bench_url: str, text_file: Path) -> 
 # ------------------------------------------------------------------------------ in the browser
 
 
-def _chromium():
-    # Locally a missing browser skips; under CI (CI=true, set by .ci/run) it fails: CI must open a real browser.
-    missing = pytest.fail if os.environ.get("CI") == "true" else pytest.skip
-    if not CHROMIUM.exists():
-        missing("Debian chromium is not installed (apt-get install -y chromium); .ci/run installs it")
-    try:
-        import playwright.sync_api as playwright
-    except ImportError:
-        missing("playwright is not installed: pip install -e '.[dev]'")
-    return playwright
-
-
 @pytest.mark.slow
 def test_browser_side_by_side_curves_stop_and_escapes(bench_url: str, runs: dict, bench_root: Path) -> None:
-    playwright = _chromium()
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=str(CHROMIUM),
-            args=["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"],
-        )
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1600})
-            page.goto(bench_url, wait_until="domcontentloaded")  # the app keeps a connection open: never "networkidle"
-            page.locator("#run-panel").wait_for(timeout=60_000)
-            _limits_before_submit(page)
-            _choose_run_b(page, "runs/gpt")
-            _curves_hold_every_point(page, bench_root)
-            _side_by_side(page, runs)
-            _stop_and_escapes(page)
-        finally:
-            browser.close()
+    with headless_chromium() as browser:
+        page = browser.new_page(viewport={"width": 1400, "height": 1600})
+        page.goto(bench_url, wait_until="domcontentloaded")  # the app keeps a connection open: never "networkidle"
+        page.locator("#run-panel").wait_for(timeout=60_000)
+        _limits_before_submit(page)
+        _choose_run_b(page, "runs/gpt")
+        _curves_hold_every_point(page, bench_root)
+        _side_by_side(page, runs)
+        _stop_and_escapes(page)
 
 
 def _in_a_textarea(text: str) -> str:
