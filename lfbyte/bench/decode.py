@@ -1,12 +1,15 @@
 """Decoding speed, cached vs uncached, at several context lengths.
 
     python -m lfbyte.bench.decode [preset=small] [seq_len=1024] ['contexts=[64,256,512,960]'] [new_bytes=64] [repeats=5]
+                                  [compile=false] [device=cpu]
 
 Builds ``conf/model/<preset>.yaml`` with random weights (speed does not depend on them) and
 ``seq_len`` raised so the longest context fits, fills each context with random bytes, then
 times ``new_bytes`` greedy steps two ways: *cached* (one byte through the per-layer decode
 state per step, what generation uses) and *uncached* (the whole window re-run per step).
 The prefill is not timed: the figures are steady-state bytes/s with that much context.
+``compile=true`` adds a third way: cached, with the one-byte step compiled (CUDA graphs on a GPU;
+see :class:`lfbyte.generate.Decoder`); its compilation is in the untimed warm-up.
 Prints a Markdown table: medians over ``repeats`` interleaved (uncached, cached) pairs. Run it
 alone on the machine.
 """
@@ -29,8 +32,10 @@ from ..model import build_model
 from .common import command, environment, sync
 
 
-def bytes_per_second(model: torch.nn.Module, context: list[int], new_bytes: int, use_cache: bool) -> float:
-    decoder = Decoder(model, keep=model.config.seq_len, use_cache=use_cache)
+def bytes_per_second(
+    model: torch.nn.Module, context: list[int], new_bytes: int, use_cache: bool, compile: bool = False
+) -> float:
+    decoder = Decoder(model, keep=model.config.seq_len, use_cache=use_cache, compile=compile)
     logits = decoder.feed(context)  # prefill, untimed
     sync(decoder.device)
     start = time.perf_counter()
@@ -50,6 +55,8 @@ def check(cfg: dict[str, Any]) -> None:
     contexts = cfg["contexts"]
     if not isinstance(contexts, list) or not contexts or not all(is_int(c) for c in contexts):
         raise ConfigError(f"contexts={contexts!r} must be a list of integers >= 1, e.g. 'contexts=[64,256]'")
+    if not isinstance(cfg["compile"], bool):
+        raise ConfigError(f"compile={cfg['compile']!r} must be true or false")
     if max(contexts) + cfg["new_bytes"] > cfg["seq_len"]:
         raise ConfigError(f"the longest context {max(contexts)} + new_bytes={cfg['new_bytes']} must fit seq_len="
                           f"{cfg['seq_len']}; raise seq_len=")
@@ -68,28 +75,33 @@ def run(cfg: dict[str, Any]) -> str:
     torch.manual_seed(int(cfg["seed"]))
     device = resolve_device(cfg["device"], "device")
     model = build_model(model_cfg).to(device).eval()
+    compiled = bool(cfg["compile"])
+    modes = [(False, False), (True, False)] + ([(True, True)] if compiled else [])  # (use_cache, compile)
     rows = []
     for n in contexts:
         context = torch.randint(0, 256, (n,)).tolist()
-        bytes_per_second(model, context[:8], 4, use_cache=True)  # warm-up
-        # Interleaved pairs: load from other processes then hits both paths alike; the speed-up is
-        # the median of the paired ratios.
-        pairs = [
-            (bytes_per_second(model, context, new_bytes, False), bytes_per_second(model, context, new_bytes, True))
-            for _ in range(int(cfg["repeats"]))
-        ]
-        uncached, cached = (statistics.median(r) for r in zip(*pairs, strict=True))
-        speedup = statistics.median(c / u for u, c in pairs)
-        rows.append(f"| {n} | {uncached:,.0f} | {cached:,.0f} | {speedup:.1f}× |")
+        for use_cache, comp in modes[1:]:  # warm-up (and the one compilation)
+            bytes_per_second(model, context[:8], 4, use_cache, comp)
+        # Interleaved: load from other processes then hits every path alike; speed-ups are medians of
+        # the per-repeat ratios.
+        runs = [[bytes_per_second(model, context, new_bytes, *mode) for mode in modes]
+                for _ in range(int(cfg["repeats"]))]
+        medians = [statistics.median(r) for r in zip(*runs, strict=True)]
+        cells = [f"{m:,.0f}" for m in medians] + [f"{statistics.median(r[1] / r[0] for r in runs):.1f}×"]
+        if compiled:
+            cells.append(f"{statistics.median(r[2] / r[1] for r in runs):.2f}×")
+        rows.append("| " + " | ".join([str(n), *cells]) + " |")
     env = environment(device)
     header = [
         f"`{command('lfbyte.bench.decode')}`  ",
         f"model={cfg['preset']} ({model.num_parameters() / 1e6:.2f}M params, seq_len {model_cfg['seq_len']}, random "
-        f"weights), {new_bytes} greedy bytes per measurement, median of {cfg['repeats']} interleaved pairs, {env['device']}, "
+        f"weights), {new_bytes} greedy bytes per measurement, median of {cfg['repeats']} interleaved repeats, {env['device']}, "
         f"{env['threads']} torch threads, torch {env['torch']}",
         "",
-        "| context (bytes) | uncached (bytes/s) | cached (bytes/s) | speed-up |",
-        "|---:|---:|---:|---:|",
+        "| context (bytes) | uncached (bytes/s) | cached (bytes/s) | "
+        + ("cached, compiled (bytes/s) | " if compiled else "") + "cached / uncached |"
+        + (" compiled / cached |" if compiled else ""),
+        "|" + "---:|" * (len(modes) + 2 + compiled),
     ]
     return "\n".join(header + rows)
 

@@ -58,7 +58,7 @@ class DecodeState:
 
     conv: list[Tensor | None]
     mix: list[Tensor | None]
-    pos: int = 0
+    pos: int | Tensor = 0  # a 0-d tensor in a compiled decoding step (no recompilation per position)
 
 
 class LFBlock(nn.Module):
@@ -82,7 +82,7 @@ class LFBlock(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(
-        self, x: Tensor, conv: Tensor | None, mix: Tensor | None
+        self, x: Tensor, conv: Tensor | None, mix: Tensor | None, losses: bool = True
     ) -> tuple[Tensor, Tensor | None, RouterStats | None, Tensor, Tensor]:
         h = self.norm1(x)
         c, conv = self.conditioner(h, conv) if self.conditioner is not None else (None, None)
@@ -90,7 +90,7 @@ class LFBlock(nn.Module):
         x = x + self.drop(mixed)
         h = self.norm2(x)
         if isinstance(self.ffn, MixtureOfExperts):
-            y, aux, stats = self.ffn(h)
+            y, aux, stats = self.ffn(h, losses)
         else:
             y, aux, stats = self.ffn(h), None, None
         return x + self.drop(y), aux, stats, conv, mix
@@ -98,6 +98,8 @@ class LFBlock(nn.Module):
 
 class LFByteTransformer(nn.Module):
     """Byte-level LM: ``LFByteTransformer(embed_dim=256, num_layers=4, ...)`` or ``(LFByteConfig(...))``."""
+
+    fixed_size_state = True  # the decode state does not grow with the context: a decoding step can be compiled
 
     def __init__(self, config: LFByteConfig | None = None, **overrides: object) -> None:
         super().__init__()
@@ -143,10 +145,12 @@ class LFByteTransformer(nn.Module):
         use_cache: bool = False,
     ) -> ModelOutput:
         """idx: (b, t) token ids in [0, vocab_size). With ``state`` (or ``use_cache``) the
-        bytes continue that state and the new state is returned in ``.state``."""
+        bytes continue that state and the new state is returned in ``.state``; the MoE's auxiliary losses and
+        router stats are not computed then (``aux_loss`` None, ``router_stats`` empty)."""
         offset = state.pos if state is not None else 0
         if state is None and use_cache:
             state = self.init_state()
+        decoding = state is not None  # nothing reads the MoE's auxiliary losses and stats then
         x = self.drop(self.pos(self.embed(idx), offset))
         aux_total: Tensor | None = None
         stats: list[RouterStats] = []
@@ -154,7 +158,7 @@ class LFByteTransformer(nn.Module):
         for i, block in enumerate(self.blocks):
             conv = state.conv[i] if state is not None else None
             mix = state.mix[i] if state is not None else None
-            x, aux, st, conv, mix = block(x, conv, mix)
+            x, aux, st, conv, mix = block(x, conv, mix, losses=not decoding)
             new_conv.append(conv)
             new_mix.append(mix)
             if aux is not None:

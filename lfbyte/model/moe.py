@@ -95,18 +95,20 @@ class MixtureOfExperts(nn.Module):
         top_p, top_e = probs.topk(self.top_k, dim=-1)
         return logits, probs, top_p / top_p.sum(-1, keepdim=True), top_e
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, RouterStats]:
-        """x: (..., dim) -> output like x, weighted aux loss (scalar), stats."""
+    def forward(self, x: Tensor, losses: bool = True) -> tuple[Tensor, Tensor | None, RouterStats | None]:
+        """x: (..., dim) -> output like x, weighted aux loss (scalar), stats; ``losses=False`` (decoding,
+        where nothing reads them) skips the auxiliary losses and stats and returns None for both."""
         shape = x.shape
         flat = x.reshape(-1, shape[-1])
         logits, probs, gates, experts = self.route(flat)
 
         assignment = experts.reshape(-1)  # (n*k,), token i's j-th choice at i*k + j
         if flat.shape[0] == 1:  # decoding one byte: run its k experts directly, no sort or scatter
+            out = self._one_token(flat, gates[0], experts[0]).to(x.dtype).reshape(shape)
+            if not losses:
+                return out, None, None
             counts = (assignment[:, None] == torch.arange(self.num_experts, device=x.device)).sum(0)
-            ys = torch.stack([self.expert(e, flat) for e in assignment.tolist()], 1)  # (1, k, dim)
-            out = torch.bmm(gates.to(ys.dtype)[:, None, :], ys).squeeze(1)
-            return out.to(x.dtype).reshape(shape), *self._losses(logits, probs, counts, assignment.numel())
+            return out, *self._losses(logits, probs, counts, assignment.numel())
         order = assignment.argsort(stable=True)
         token_of = order // self.top_k
         if assignment.is_meta:  # memory estimation (lfbyte.resources): no routing data, assume an even load
@@ -120,8 +122,23 @@ class MixtureOfExperts(nn.Module):
         ys = self.grouped_experts(routed, counts) * gates.reshape(-1)[order, None].to(routed.dtype)
         out = torch.zeros_like(flat, dtype=ys.dtype).index_add_(0, token_of, ys)
 
+        out = out.to(x.dtype).reshape(shape)
+        if not losses:
+            return out, None, None
         counts = counts.to(x.device)  # (on the meta device the even load was made on the host)
-        return out.to(x.dtype).reshape(shape), *self._losses(logits, probs, counts, assignment.numel())
+        return out, *self._losses(logits, probs, counts, assignment.numel())
+
+    def _one_token(self, x: Tensor, gates: Tensor, chosen: Tensor) -> Tensor:
+        """x: (1, dim), gates and chosen: (k,) -> the gated sum of its k experts, (1, dim)."""
+        if x.device.type == "cpu" and not torch.compiler.is_compiling():
+            # reading k ids costs nothing on the CPU, and indexing by them makes views, not copies of weights
+            ys = torch.stack([self.expert(e, x) for e in chosen.tolist()], 1)  # (1, k, dim)
+        else:  # no host sync (CUDA, graph capture, compile): gather the k experts' weights on the device
+            x = self._compute(x)
+            w_in, w_out = (w.index_select(0, chosen).to(x.dtype) for w in (self.w_in, self.w_out))
+            a, b = (w_in @ x[0]).chunk(2, dim=-1)  # (k, 2 hidden) -> 2 × (k, hidden)
+            ys = (w_out @ (F.silu(a) * b)[..., None])[None, ..., 0]  # (1, k, dim)
+        return (gates.to(ys.dtype)[:, None] * ys[0]).sum(0, keepdim=True)  # (a CPU bmm of one row is slow)
 
     def _losses(self, logits: Tensor, probs: Tensor, counts: Tensor, assignments: int) -> tuple[Tensor, RouterStats]:
         frac = counts.float() / assignments

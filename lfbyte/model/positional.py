@@ -34,11 +34,14 @@ class PositionalEncoding(nn.Module):
             table[:, 1::2] = torch.cos(pos * freq[: dim // 2])
             self.register_buffer("table", table * (init_std * math.sqrt(2)), persistent=False)  # RMS = init_std
 
-    def forward(self, x: Tensor, offset: int = 0) -> Tensor:
-        """x: (b, t, dim) -> x plus the encoding of its positions."""
+    def forward(self, x: Tensor, offset: int | Tensor = 0) -> Tensor:
+        """x: (b, t, dim) -> x plus the encoding of its positions. A tensor ``offset`` (decoding in a compiled
+        or captured step) is read on the device: the caller keeps it below ``max_len``."""
         if self.kind == "none":
             return x
         t = x.shape[1]
+        if isinstance(offset, Tensor):
+            return x + self.table.index_select(0, offset + torch.arange(t, device=x.device)).to(x.dtype)
         if offset + t > self.max_len:
             raise ValueError(
                 f"positions up to {offset + t} exceed seq_len={self.max_len}; "

@@ -29,12 +29,14 @@ def decay_mix(
     Returns o: (b, h, t, dv) and the state after the last position.
     """
     b, h, t, dk = q.shape
-    if t == 1:  # one new byte (decoding): the recurrence itself is cheapest
-        prev = state.float() if state is not None else q.new_zeros(b, h, dk, v.shape[-1]).float()
-        step = einsum(k[:, :, 0].float(), v[:, :, 0].float(), "b h d, b h e -> b h d e")
-        new_state = log_decay[:, :, 0].float().exp()[..., None, None] * prev + step
-        out = einsum(q[:, :, 0].float(), new_state, "b h d, b h d e -> b h e")
-        return out[:, :, None].to(v.dtype), new_state
+    if t == 1:  # one new byte (decoding): the recurrence itself is cheapest, in plain ops (no einsum parsing)
+        dtype = v.dtype
+        q, k, v = q.float(), k.float(), v.float()  # (b, h, 1, d): no copies when already fp32
+        new_state = k.transpose(-1, -2) * v  # k vᵀ: (b, h, dk, dv)
+        if state is not None:
+            new_state = new_state + log_decay.float().exp()[..., None] * state.float()
+        # q S as a broadcast product summed over dk: CPU bmm with one row per batch is several times slower
+        return (q.transpose(-1, -2) * new_state).sum(-2, keepdim=True).to(dtype), new_state
     pad = (-t) % chunk_size
     if pad:  # zero keys and zero log-decay leave the carried state untouched
         q, k, v = (F.pad(x, (0, 0, 0, pad)) for x in (q, k, v))
