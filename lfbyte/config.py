@@ -176,6 +176,11 @@ def validate(cfg: dict[str, Any]) -> None:
                    f"model.adapt_rank={m['adapt_rank']!r} must be an integer >= 0 (0: no adaptive part)")
         if "data_decay" in m:
             _check(p, isinstance(m["data_decay"], bool), f"model.data_decay={m['data_decay']!r} must be true or false")
+        if "mixer_kernel" in m:
+            from .model.kernels import MIXER_KERNELS
+
+            _check(p, m["mixer_kernel"] in MIXER_KERNELS,
+                   f"model.mixer_kernel={m['mixer_kernel']!r} must be one of {list(MIXER_KERNELS)}")
         if is_int(m.get("num_experts")) and is_int(m.get("top_k")) and m["num_experts"] > 1:
             _check(p, m["top_k"] <= m["num_experts"],
                    f"model.top_k={m['top_k']} must be <= model.num_experts={m['num_experts']}")
@@ -249,17 +254,18 @@ def validate(cfg: dict[str, Any]) -> None:
            f"distributed.master_port={port!r} must be null (a free port) or an integer in 1..65535")
     p += _unknown_keys(cfg)
     if not p:
-        p += _hardware_problems(t, dist)
+        p += _hardware_problems(t, dist, m)
     if p:
         raise ConfigError("\n".join(p))
 
 
-def _hardware_problems(t: dict[str, Any], dist: dict[str, Any]) -> list[str]:
+def _hardware_problems(t: dict[str, Any], dist: dict[str, Any], m: dict[str, Any]) -> list[str]:
     """What this machine cannot run: checked in the launching process, before anything is spawned."""
     import torch
 
     from .device import resolve_device
     from .distributed import under_torchrun
+    from .model.kernels import fla_problem
     from .precision import resolve_precision
 
     try:
@@ -275,6 +281,8 @@ def _hardware_problems(t: dict[str, Any], dist: dict[str, Any]) -> list[str]:
                      "use bf16 or fp32")
     except ConfigError as e:
         p.append(str(e))
+    if m.get("arch", "lfbyte") == "lfbyte" and m.get("mixer_kernel") == "fla":
+        p += filter(None, [fla_problem(device)])
     if dist["backend"] == "nccl" and device != "cuda":
         p.append(f"distributed.backend=nccl needs CUDA GPUs, but trainer.device is {device}; "
                  "use distributed.backend=gloo (or auto)")

@@ -30,11 +30,13 @@ FREE_TO_CHANGE = (
     "trainer.max_time", "trainer.stop_at_step", "trainer.on_nonfinite", "trainer.max_skipped_steps",
     "trainer.peak_tflops", "data.cache_dir", "distributed.master_addr", "distributed.master_port",
     "distributed.backend", "distributed.strategy", "distributed.reshard_after_forward", "logger",
-)  # (distributed.strategy: ddp and fsdp compute the same update; a different world size is nproc_per_node)
+    "model.mixer_kernel",
+)  # (distributed.strategy: ddp and fsdp compute the same update; a different world size is nproc_per_node;
+#    model.mixer_kernel: fused or pure-torch kernels compute the same mixing)
 # Keys older runs recorded that nothing ever read (removed): a resume of such a run is not a change.
 RETIRED_KEYS = ("data.kind", "optimizer.name")
 # Model keys that change how the model trains, not what it is (its weights load either way).
-MODEL_TRAINING_KEYS = ("model.dropout", "model.chunk_size")
+MODEL_TRAINING_KEYS = ("model.dropout", "model.chunk_size", "model.mixer_kernel")
 CHOICES = ("trainer.resume=auto to continue it, trainer.overwrite=true to move it aside and start fresh, "
            "or another hydra.run.dir")
 

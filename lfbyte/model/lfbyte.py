@@ -42,6 +42,7 @@ class LFByteConfig:
     moe_z_weight: float = 0.001
     chunk_size: int = 64
     data_decay: bool = True  # False: one fixed decay per head (the ablation without data-dependent decay)
+    mixer_kernel: str = "auto"  # what computes token mixing (model/kernels.py): auto | torch | fla; same maths
     dropout: float = 0.0
     pos_encoding: str = "sinusoidal"
     tie_embeddings: bool = True
@@ -70,7 +71,8 @@ class LFBlock(nn.Module):
         # without an adaptive part nothing reads c_t, so it is not computed
         self.conditioner = CausalConditioner(d, cfg.adapt_dim, cfg.conv_size) if cfg.adapt_rank else None
         self.mixer = TokenMixing(
-            d, cfg.num_heads, cfg.adapt_dim, cfg.adapt_rank, cfg.seq_len, cfg.chunk_size, cfg.data_decay
+            d, cfg.num_heads, cfg.adapt_dim, cfg.adapt_rank, cfg.seq_len, cfg.chunk_size, cfg.data_decay,
+            cfg.mixer_kernel,
         )
         if cfg.num_experts > 1:
             hidden = max(64, cfg.hidden // cfg.top_k)

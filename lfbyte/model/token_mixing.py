@@ -10,6 +10,7 @@ from einops import einsum, rearrange
 from torch import Tensor, nn
 
 from .adaptive import AdaptiveLinear
+from .kernels import MIXER_KERNELS, mix_fn
 
 
 def decay_mix(
@@ -81,7 +82,9 @@ class TokenMixing(nn.Module):
     heads see characters, long heads see sentences); ``data_decay=False`` keeps only
     ``β_h`` (a fixed decay per head, the ablation). Each head mixes positions with
     :func:`decay_mix`; its output is RMS-normalised, gated by ``SiLU(gate)`` and
-    projected back to the residual stream.
+    projected back to the residual stream. ``mixer_kernel`` picks what computes the mixing
+    (:mod:`.kernels`: ``auto`` runs flash-linear-attention's fused kernels on CUDA when installed);
+    it changes speed, not the maths.
     """
 
     def __init__(
@@ -93,10 +96,14 @@ class TokenMixing(nn.Module):
         seq_len: int,
         chunk_size: int = 64,
         data_decay: bool = True,
+        mixer_kernel: str = "auto",
     ) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"embed_dim={dim} must be divisible by num_heads={num_heads}")
+        if mixer_kernel not in MIXER_KERNELS:
+            raise ValueError(f"mixer_kernel={mixer_kernel!r} is not one of {MIXER_KERNELS}")
+        self.mixer_kernel = mixer_kernel
         self.dim, self.num_heads, self.head_dim = dim, num_heads, dim // num_heads
         self.chunk_size, self.data_decay = chunk_size, data_decay
         proj_out = 4 * dim + (num_heads if data_decay else 0)  # q, k, v, gate (+ per-head decay input)
@@ -117,7 +124,7 @@ class TokenMixing(nn.Module):
             log_decay = rearrange(-F.softplus(proj[..., 4 * self.dim :].float() + self.decay_bias), "b t h -> b h t")
         else:
             log_decay = (-F.softplus(self.decay_bias.float()))[None, :, None].expand(x.shape[0], -1, x.shape[1])
-        out, state = decay_mix(q, k, v, log_decay, self.chunk_size, state)
+        out, state = mix_fn(self.mixer_kernel, q.device, q.dtype)(q, k, v, log_decay, self.chunk_size, state)
         out = self.head_norm(out.to(x.dtype) if out.dtype != x.dtype else out)
         out = rearrange(out, "b h t d -> b t (h d)") * F.silu(gate)
         return self.out_proj(out), state
