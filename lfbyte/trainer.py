@@ -15,6 +15,7 @@ import random
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -63,8 +64,9 @@ def make_optimizer(model: torch.nn.Module, opt: dict, device: torch.device) -> t
         {"params": decay, "weight_decay": opt["weight_decay"]},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    extra = {"fused": True} if device.type == "cuda" else {}
-    return torch.optim.AdamW(groups, lr=opt["lr"], betas=tuple(opt["betas"]), eps=opt["eps"], **extra)
+    # fused (CPU and CUDA): one kernel per step, and it takes a device flag (``found_inf``) that skips the
+    # update without the host looking at it; see Trainer.train_step
+    return torch.optim.AdamW(groups, lr=opt["lr"], betas=tuple(opt["betas"]), eps=opt["eps"], fused=True)
 
 
 def lr_at(progress: float, step: int, opt: dict) -> float:
@@ -98,6 +100,17 @@ def set_rng_state(state: dict) -> None:
     random.setstate((3, tuple(state["python"]), None))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
+
+
+@dataclass
+class StepResult:
+    """What one update did, as device tensors: reading them waits for the device, so :meth:`Trainer.fit`
+    reads a whole interval's at once (every ``log_interval`` steps, and before evaluations and saves)."""
+
+    loss: torch.Tensor  # mean training loss over micro-batches and ranks
+    grad_norm: torch.Tensor  # before clipping
+    by_scaler: torch.Tensor  # bool: fp16 gradients overflowed with a finite loss (GradScaler's routine skip)
+    router_stats: list
 
 
 class NonFiniteError(LFByteError):
@@ -156,6 +169,11 @@ class Trainer:
         self.ckpt_dir = checkpoint_dir(cfg, self.run_dir)
         self.step, self.elapsed_before, self.bytes_seen = 0, 0.0, 0
         self.skipped_steps = self.skipped_in_a_row = 0  # updates not applied: non-finite loss/gradients
+        # the same rule on the device, so that no step waits for the host to decide: non-finite steps in a
+        # row, and whether the run has stopped (every later update is skipped until the host raises)
+        self._in_a_row = torch.zeros((), dtype=torch.int64, device=self.device)
+        self._halted = torch.zeros((), dtype=torch.bool, device=self.device)
+        self._pending: list[tuple[int, float, StepResult]] = []  # steps whose results the host has not read
         self.saved_step: int | None = None
         self.best_val: float | None = None
         self.last_eval: dict[str, float] = {}
@@ -275,12 +293,14 @@ class Trainer:
         val_loss = (total[0] / total[1]).item()
         return {"val_loss": val_loss, "val_bpb": val_loss / LN2}
 
-    def train_step(self, lr: float) -> tuple[float, float, list]:
+    def train_step(self, lr: float) -> StepResult:
         """One optimizer update at learning rate ``lr`` over ``accumulation_steps`` micro-batches.
 
-        Returns (mean loss, gradient norm, router stats); a non-finite update is skipped or raised per
-        ``trainer.on_nonfinite``. Does not advance :attr:`step`, log or save: :meth:`fit` does (the bench
-        times this alone)."""
+        Never waits for the device: a non-finite loss or gradient norm (on any rank: they are all-reduced)
+        skips the update inside the fused AdamW kernel (``found_inf``), and ``trainer.on_nonfinite`` /
+        ``max_skipped_steps`` are applied on the device too (a stopped run skips every later update). The host
+        reads the results later (:meth:`_read_pending`), raises or warns naming the step, and logs. Does not
+        advance :attr:`step`, log or save: :meth:`fit` does (the bench times this alone)."""
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         batches = self.sampler.step_batches(self.batch_size, self.accum, self.info.rank, self.info.world_size)
@@ -300,30 +320,52 @@ class Trainer:
         max_norm = self.tc["max_grad_norm"]
         grad_norm = full_value(  # under FSDP: the norm over every rank's gradient shards
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm if max_norm else float("inf")))
-        # One host sync decides the step on every rank alike: the mean loss over ranks, and the grad
-        # norm (equal on all ranks after DDP's all-reduce or FSDP's norm over shards); a NaN/inf anywhere
-        # poisons the sum.
+        # every rank decides alike: the mean loss over ranks and the grad norm (equal on all ranks after DDP's
+        # all-reduce or FSDP's norm over shards); a NaN/inf anywhere poisons the sum
         health = torch.stack([loss_sum / self.accum, grad_norm.to(loss_sum.dtype)])
         all_reduce(health)
-        loss, gnorm = (health / self.info.world_size).tolist()
-        if math.isfinite(loss) and math.isfinite(gnorm):
-            self.scaler.step(self.optimizer)
-            self.skipped_in_a_row = 0
-        elif math.isfinite(loss) and self.precision == "fp16":
-            # Overflowing fp16 gradients are the GradScaler's business: it skips the step and halves the
-            # scale (a few times while it calibrates). Counted, so that a run whose gradients stay
-            # non-finite stops after max_skipped_steps instead of silently never updating.
-            self.scaler.step(self.optimizer)
-            self._nonfinite(loss, gnorm, by_scaler=True)
-        else:
-            self._nonfinite(loss, gnorm)
-        self.scaler.update()
+        loss, gnorm = (health / self.info.world_size).unbind()
+        bad = ~torch.isfinite(health).all()
+        # overflowing fp16 gradients are the GradScaler's business (it halves the scale), counted toward
+        # max_skipped_steps but never a stop on their own
+        by_scaler = bad & torch.isfinite(loss) if self.precision == "fp16" else torch.zeros_like(bad)
+        self._in_a_row = torch.where(bad, self._in_a_row + 1, 0)
+        stop = bad & ~by_scaler if self.tc["on_nonfinite"] == "stop" else torch.zeros_like(bad)
+        skip = bad | self._halted
+        self._halted = self._halted | stop | (self._in_a_row >= int(self.tc["max_skipped_steps"]))
+        self.optimizer.found_inf, self.optimizer.grad_scale = skip.float(), None  # read by the fused kernel
+        self.optimizer.step()
+        self.scaler.update()  # fp16: from the overflow check unscale_ recorded (no-op otherwise)
         self.optimizer.zero_grad(set_to_none=True)
-        return loss, gnorm, stats
+        return StepResult(loss, gnorm, by_scaler, stats)
 
-    def _nonfinite(self, loss: float, grad_norm: float, by_scaler: bool = False) -> None:
-        """A NaN/inf loss or gradient at the step being taken: the update is not applied."""
-        step = self.step + 1
+    def _read_pending(self) -> list[tuple[int, float, float, float, StepResult]]:
+        """Read every step not yet read (one wait for the device) and apply the non-finite rule to each, in
+        order, as the device did: warnings and ``skipped_steps`` rows at their own steps, or the error naming
+        the step at which the run stopped (the device skipped every update after it)."""
+        pending, self._pending = self._pending, []
+        if not pending:
+            return []
+        values = torch.stack([torch.stack([r.loss.float(), r.grad_norm.float(), r.by_scaler.float()])
+                              for _, _, r in pending]).tolist()
+        done = []
+        for (step, lr, result), (loss, gnorm, by_scaler) in zip(pending, values, strict=True):
+            if math.isfinite(loss) and math.isfinite(gnorm):
+                self.skipped_in_a_row = 0
+                done.append((step, lr, loss, gnorm, result))
+                continue
+            try:
+                self._nonfinite(loss, gnorm, step, by_scaler=bool(by_scaler))
+            except NonFiniteError:
+                # the weights are those after the last good step: say so in the counters
+                self.bytes_seen -= (self.step - (step - 1)) * self.bytes_per_step
+                self.step = step - 1
+                raise
+            self.logger.log({"skipped_steps": self.skipped_steps}, step)
+        return done
+
+    def _nonfinite(self, loss: float, grad_norm: float, step: int, by_scaler: bool = False) -> None:
+        """A NaN/inf loss or gradient at ``step``: its update was not applied."""
         what = f"loss {loss}" if not math.isfinite(loss) else f"gradient norm {grad_norm}"
         kept = (f"the last good checkpoint (step {self.saved_step}) is kept in {self.ckpt_dir}"
                 if self.saved_step is not None else "no checkpoint had been written yet")
@@ -342,24 +384,27 @@ class Trainer:
             print(f"warning: non-finite {what} at step {step}; update skipped "
                   f"({self.skipped_steps} skipped so far)", file=sys.stderr, flush=True)
 
-    def _should_stop(self) -> tuple[bool, str]:
-        """One collective per step so every rank stops at the same step, for the same reason."""
-        flags = torch.tensor(
-            [
-                float(self._stop_signal is not None),
-                float(self.max_time is not None and self.elapsed() >= self.max_time),
-                float(self.tc.get("stop_at_step") is not None and self.step >= int(self.tc["stop_at_step"])),
-            ],
-            device=self.device,
-        )
-        all_reduce(flags, torch.distributed.ReduceOp.MAX)
-        if flags[0]:
+    def _should_stop(self, collective: bool) -> tuple[bool, str]:
+        """Every rank stops at the same step, for the same reason. Step limits are the same on every rank;
+        a signal or ``max_time`` is agreed on by one collective, whose result the host must read, so with
+        several processes it runs only when ``collective`` (the steps where fit reads results anyway) and a
+        stop may come up to ``log_interval`` steps later. One process reads its own flags every step."""
+        interrupted = self._stop_signal is not None
+        late = self.max_time is not None and self.elapsed() >= self.max_time
+        if self.info.enabled:
+            if collective:
+                flags = torch.tensor([float(interrupted), float(late)], device=self.device)
+                all_reduce(flags, torch.distributed.ReduceOp.MAX)
+                interrupted, late = (bool(f) for f in flags.tolist())
+            else:
+                interrupted = late = False
+        if interrupted:
             return True, "interrupted"
-        if flags[2]:
+        if self.tc.get("stop_at_step") is not None and self.step >= int(self.tc["stop_at_step"]):
             return True, "stopped"
         if self.total_steps is not None and self.step >= self.total_steps:
             return True, "completed"
-        if flags[1]:
+        if late:
             return True, "completed"
         return False, ""
 
@@ -387,26 +432,34 @@ class Trainer:
         status = "completed"
         try:
             while True:
-                stop, status = self._should_stop()
+                stop, status = self._should_stop(collective=self.step % log_interval == 0)
                 if stop:
                     break
                 lr = lr_at(self.progress(), self.step, self.opt_cfg)
-                loss, grad_norm, stats = self.train_step(lr)
+                self._pending.append((self.step + 1, lr, self.train_step(lr)))
                 self.step += 1
                 self.bytes_seen += self.bytes_per_step
                 window_bytes += self.bytes_per_step
-                if self.skipped_in_a_row:
-                    self.logger.log({"skipped_steps": self.skipped_steps}, self.step)
-                elif self.step % log_interval == 0 or self.step == 1:
+                if bar is not None:
+                    bar.update(1)
+                epoch_end = self.step % self.steps_per_epoch == 0
+                evaluate = self.step % eval_interval == 0 or epoch_end
+                save = epoch_end or bool(ckpt_interval and self.step % int(ckpt_interval) == 0)
+                log = self.step % log_interval == 0 or self.step == 1
+                if not (log or evaluate or save):
+                    continue  # nothing on the host needs this step's numbers yet: the device runs ahead
+                for step, lr_, loss, grad_norm, result in self._read_pending():
+                    if step != self.step or not log or self.skipped_in_a_row:
+                        continue
                     now = time.perf_counter()
                     bps = window_bytes / max(now - window_t, 1e-9)
                     window_t, window_bytes = now, 0
-                    row = {"train_loss": loss, "lr": lr, "grad_norm": grad_norm, "bytes_per_s": bps,
+                    row = {"train_loss": loss, "lr": lr_, "grad_norm": grad_norm, "bytes_per_s": bps,
                            "epoch": self.step / self.steps_per_epoch, "elapsed_s": self.elapsed()}
                     row["model_tflops"] = self.flops_per_byte * bps / 1e12
                     if tc.get("peak_tflops"):  # model_tflops counts every rank's bytes
                         row["mfu"] = row["model_tflops"] / (float(tc["peak_tflops"]) * info.world_size)
-                    for i, st in enumerate(stats):
+                    for i, st in enumerate(result.router_stats):
                         row[f"moe/layer{i}/router_entropy"] = st.router_entropy
                         row[f"moe/layer{i}/balance_loss"] = st.balance_loss
                         load = st.expert_load.float() / st.expert_load.sum().clamp_min(1)
@@ -415,15 +468,13 @@ class Trainer:
                     self.logger.log(row, self.step)
                     if bar is not None:
                         bar.set_postfix(loss=f"{loss:.3f}", bpb=f"{loss / LN2:.3f}", bytes_s=f"{bps:,.0f}")
-                if bar is not None:
-                    bar.update(1)
-                epoch_end = self.step % self.steps_per_epoch == 0
-                if self.step % eval_interval == 0 or epoch_end:
+                if evaluate:
                     self._eval_and_log(bar)
                 if epoch_end:
                     self._save(epoch_end=self.step // self.steps_per_epoch)
-                elif ckpt_interval and self.step % int(ckpt_interval) == 0:
+                elif save:
                     self._save()
+            self._read_pending()  # the steps since the last read, before the final evaluation and save
         finally:
             for s, h in handlers.items():
                 signal.signal(s, h)
@@ -475,12 +526,20 @@ class Trainer:
     def fail(self, error: BaseException) -> None:
         """After a failure: keep what training reached (a checkpoint, unless the weights went non-finite) and
         leave ``metrics.json`` with ``status: failed`` and the reason. Never raises: the error itself matters."""
+        nonfinite = isinstance(error, NonFiniteError)
+        if self._pending and not nonfinite:  # steps the host has not read may have stopped the run already
+            try:
+                self._read_pending()
+            except NonFiniteError:
+                nonfinite = True
+            except Exception:  # noqa: BLE001 - e.g. the device that failed the run cannot be read either
+                self._pending = []
         note = ""
         if self.sharded and self.step > (self.saved_step or 0):
             # a sharded save needs every rank, and after a failure a peer may never arrive
             kept = f"the last checkpoint (step {self.saved_step})" if self.saved_step is not None else "no checkpoint"
             note = f"; steps after {self.saved_step or 0} are lost ({kept} is in {self.ckpt_dir})"
-        elif self.step > (self.saved_step or 0) and not isinstance(error, NonFiniteError):
+        elif self.step > (self.saved_step or 0) and not nonfinite:
             try:
                 self._save(collective=False)
                 note = f"; training up to step {self.step} is saved in {self.ckpt_dir}"

@@ -367,8 +367,9 @@ def test_fp16_scaler_skips_are_counted_and_stop_when_they_never_end(tmp_path: Pa
         f"non-finite gradient norm inf at 4 steps in a row (up to step 6); stopping, and the last good checkpoint "
         f"(step 4) is kept in {tmp_path / 'checkpoints'}. Lower optimizer.lr or use trainer.precision=fp32 "
         "(this run is fp16)")
-    assert trainer.scaler.get_scale() == 65536.0 / 2**3  # halved at each skip before the one that stopped it
     ckpt = load_checkpoint(tmp_path / "checkpoints" / "last.pth")
+    assert ckpt["scaler_state_dict"]["scale"] == 65536.0 / 2**2  # halved at the skips of steps 3 and 4
+    assert trainer.scaler.get_scale() <= 65536.0 / 2**4  # and at each later one, on the device
     assert all(torch.isfinite(v).all() for v in ckpt["model_state_dict"].values())
 
 

@@ -30,7 +30,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from ..cli import hydra_cli, one_line_errors
-from ..config import model_preset, to_plain, validate
+from ..config import is_int, model_preset, to_plain, validate
 from ..device import resolve_device
 from ..errors import ConfigError
 from ..precision import autocast
@@ -102,7 +102,11 @@ def measure_training(cfg: dict[str, Any], run_dir: Path, steps: int, warmup: int
     trainer = Trainer(cfg, run_dir)
     try:
         lr = float(cfg["optimizer"]["lr"])
+        cuda = trainer.device.type == "cuda"
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(trainer.device)
         sec = median_seconds(lambda: trainer.train_step(lr), steps, warmup, trainer.device)
+        peak = torch.cuda.max_memory_allocated(trainer.device) / 2**20 if cuda else None
         model, seq_len = trainer.model, trainer.seq_len
         x, y = trainer.sampler.read(trainer.sampler.step_batches(trainer.batch_size, 1, 0, 1)[0])
         act = saved_activation_bytes(model, x.to(trainer.device), y.to(trainer.device), trainer.precision)
@@ -116,6 +120,7 @@ def measure_training(cfg: dict[str, Any], run_dir: Path, steps: int, warmup: int
             "us_per_byte": sec / trainer.bytes_per_step * 1e6,
             "train_flops_per_byte": 3 * model.flops_per_token(seq_len),
             "activation_mib": act / 2**20,
+            "peak_mib": peak,  # the device's peak allocation over the timed steps (CUDA only)
         }
     finally:
         trainer.close()
@@ -130,7 +135,7 @@ def run_throughput(base: dict, bc: dict, out_dir: Path, peak: dict) -> list[dict
     rows = []
     for name in bc["models"]:
         for precision in bc["precisions"]:
-            cfg = train_config(base, name, precision=precision, batch_size=bc["batch_size"])
+            cfg = train_config(base, name, precision=precision, batch_size=bc["batch_size"], seq_len=bc.get("seq_len"))
             row = {"model": name, **measure_training(cfg, out_dir / "throughput" / name, bc["steps"], bc["warmup"])}
             achieved = row["train_flops_per_byte"] * row["bytes_per_s"]
             row["achieved_gflops"] = achieved / 1e9
@@ -210,10 +215,11 @@ def markdown(results: dict[str, Any]) -> str:
         ref = results["config"]["scaling"]["reference_seq_len"]
         out += [f"### Cost per byte as seq_len grows ({results['config']['scaling']['precision']}, "
                 f"{results['config']['scaling']['bytes_per_step']} bytes per step)\n",
-                f"| model | seq_len | batch | µs/byte | × vs seq_len={ref} | activation MiB |",
-                "|---|---:|---:|---:|---:|---:|"]
-        out += [f"| {r['model']} | {r['seq_len']} | {r['batch_size']} | {r['us_per_byte']:.1f} "
-                f"| {_fmt(r['cost_vs_ref'], '.2f')} | {r['activation_mib']:.0f} |" for r in results["scaling"]]
+                f"| model | seq_len | batch | µs/byte | bytes/s | × vs seq_len={ref} | activation MiB | peak MiB |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        out += [f"| {r['model']} | {r['seq_len']} | {r['batch_size']} | {r['us_per_byte']:.1f} | {r['bytes_per_s']:,.0f} "
+                f"| {_fmt(r['cost_vs_ref'], '.2f')} | {r['activation_mib']:.0f} | {_fmt(r.get('peak_mib'), '.0f')} |"
+                for r in results["scaling"]]
         out.append("")
     if "quality" in results:
         base = results["config"]["quality"].get("baseline")
@@ -242,6 +248,9 @@ def check(cfg: dict[str, Any]) -> None:
         if section in bc["sections"]:
             for name in bc[section]["models"]:
                 model_config(name)
+    seq_len = bc["throughput"].get("seq_len")
+    if "throughput" in bc["sections"] and seq_len is not None and not is_int(seq_len):
+        raise ConfigError(f"bench.throughput.seq_len={seq_len!r} must be null (each preset's) or an integer >= 1")
 
 
 def run_bench(cfg: dict[str, Any], out_dir: str | Path) -> dict[str, Any]:

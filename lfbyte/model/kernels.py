@@ -32,7 +32,7 @@ FLA_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 MixFn = Callable[..., tuple[Tensor, Tensor]]
 logger = logging.getLogger(__name__)
-_CHOSEN: dict[tuple[str, str, torch.dtype], MixFn] = {}
+_CHOSEN: dict[tuple[str, str, torch.dtype], str] = {}
 _LOGGED: set[str] = set()
 
 
@@ -109,38 +109,44 @@ def _log_once(message: str) -> None:
         logger.info(message)
 
 
-@torch.compiler.disable  # the import probe and the log line stay out of compiled graphs
-def _choose(choice: str, device: torch.device, dtype: torch.dtype) -> MixFn:
-    from .token_mixing import decay_mix
-
+def _choose(choice: str, device_type: str, dtype: torch.dtype) -> str:
     if choice not in MIXER_KERNELS:
         raise ValueError(f"mixer_kernel={choice!r} is not one of {MIXER_KERNELS}")
-    if device.type == "meta":  # shape tracing (the memory estimate), not a run: nothing to choose or log
-        return decay_mix
-    reason = "model.mixer_kernel=torch" if choice == "torch" else fla_unavailable(device.type)
+    if device_type == "meta":  # shape tracing (the memory estimate), not a run: nothing to choose or log
+        return "torch"
+    reason = "model.mixer_kernel=torch" if choice == "torch" else fla_unavailable(device_type)
     if reason is None and dtype not in FLA_DTYPES:
         reason = f"{dtype} inputs; the fused kernels take {', '.join(str(d) for d in FLA_DTYPES)}"
     if choice == "fla" and reason is not None:
-        raise RuntimeError(fla_problem(device.type)
+        raise RuntimeError(fla_problem(device_type)
                            or f"model.mixer_kernel=fla cannot run here ({reason}); use model.mixer_kernel=auto")
     if reason is None:
-        _log_once(f"token mixing: fused fla kernels (fla-core {_fla_ops()[2]}) on {device.type}")
-        fn: MixFn = fla_decay_mix
+        _log_once(f"token mixing: fused fla kernels (fla-core {_fla_ops()[2]}) on {device_type}")
+        name = "fla"
     else:
         _log_once(f"token mixing: pure-torch decay_mix ({reason})")
-        fn = decay_mix
-    _CHOSEN[(choice, device.type, dtype)] = fn
-    return fn
+        name = "torch"
+    _CHOSEN[(choice, device_type, dtype)] = name
+    return name
+
+
+# run on the host even while torch.compile traces (the import probe and the log line stay out of the graph,
+# which sees the answer as a constant)
+@torch._dynamo.assume_constant_result
+def kernel_name(choice: str, device_type: str, dtype: torch.dtype) -> str:
+    """``"fla"`` or ``"torch"``: which decay_mix runs for ``mixer_kernel=choice`` on inputs on ``device_type`` of
+    ``dtype``. Decided (and logged) once per process for each (choice, device type, dtype); ``fla`` where it
+    cannot run raises RuntimeError with one line naming what to install."""
+    name = _CHOSEN.get((choice, device_type, dtype))
+    return name if name is not None else _choose(choice, device_type, dtype)
 
 
 def mix_fn(choice: str, device: torch.device, dtype: torch.dtype) -> MixFn:
-    """The decay_mix implementation for ``mixer_kernel=choice`` and inputs on ``device`` of ``dtype``.
+    """The decay_mix implementation :func:`kernel_name` picks."""
+    from .token_mixing import decay_mix
 
-    Decided (and logged) once per process for each (choice, device type, dtype); ``fla`` where it cannot
-    run raises RuntimeError with one line naming what to install."""
-    fn = _CHOSEN.get((choice, device.type, dtype))
-    return fn if fn is not None else _choose(choice, device, dtype)
+    return fla_decay_mix if kernel_name(choice, device.type, dtype) == "fla" else decay_mix
 
 
-__all__ = ["FLA_DTYPES", "MIXER_KERNELS", "fla_decay_mix", "fla_problem", "fla_unavailable", "from_fla", "mix_fn",
-           "to_fla"]
+__all__ = ["FLA_DTYPES", "MIXER_KERNELS", "fla_decay_mix", "fla_problem", "fla_unavailable", "from_fla", "kernel_name",
+           "mix_fn", "to_fla"]

@@ -63,14 +63,25 @@ class MixtureOfExperts(nn.Module):
         """Every expert on its own rows of x: (n, dim), sorted by expert with ``counts[e]`` rows each.
 
         One grouped matmul per projection over all experts (no Python loop, no host sync on ``counts``)
-        where the kernel supports the device, dtype and layout; one matmul per expert otherwise.
+        where the kernel supports the device, dtype and layout; one matmul per expert otherwise (which reads
+        ``counts`` on the host: only chosen where that read is free, see :meth:`dispatch`).
         """
-        if not self._grouped_mm_supported(x):
+        if self.dispatch(x) != "grouped":
             return torch.cat([self.expert(e, xs) for e, xs in enumerate(x.split(counts.tolist()))])
         offs = counts.cumsum(0).to(torch.int32)
         h = F.grouped_mm(x, self.w_in.to(x.dtype).transpose(1, 2), offs=offs)
         a, b = h.chunk(2, dim=-1)
         return F.grouped_mm(F.silu(a) * b, self.w_out.to(x.dtype).transpose(1, 2), offs=offs)
+
+    def dispatch(self, x: Tensor) -> str:
+        """How tokens reach their experts: ``grouped`` (sorted rows, one grouped matmul), ``loop`` (sorted
+        rows, one matmul per expert: needs the counts on the host, free on the CPU) or ``dense`` (every
+        expert on every token, weighted by gates that are zero off the top-k: ``num_experts / top_k`` times
+        the expert FLOPs, but no host read and static shapes, for CUDA without grouped_mm and for compiled
+        graphs that cannot use it)."""
+        if self._grouped_mm_supported(x) and not (torch.compiler.is_compiling() and x.dtype != torch.bfloat16):
+            return "grouped"  # (torch.compile's shape rule for grouped_mm accepts only bf16, unlike the CPU kernel)
+        return "loop" if x.device.type == "cpu" and not torch.compiler.is_compiling() else "dense"
 
     def _grouped_mm_supported(self, x: Tensor) -> bool:
         # F.grouped_mm (recent torch only) wants 16-byte-aligned rows; on CUDA only bf16 on sm80+
@@ -109,18 +120,26 @@ class MixtureOfExperts(nn.Module):
                 return out, None, None
             counts = (assignment[:, None] == torch.arange(self.num_experts, device=x.device)).sum(0)
             return out, *self._losses(logits, probs, counts, assignment.numel())
-        order = assignment.argsort(stable=True)
-        token_of = order // self.top_k
+        # counts of assignments per expert, on the device with a static shape (bincount's size is data-dependent)
+        counts = torch.zeros(self.num_experts, dtype=torch.int64, device=x.device).scatter_add_(
+            0, assignment, torch.ones_like(assignment))
         if assignment.is_meta:  # memory estimation (lfbyte.resources): no routing data, assume an even load
             n, e = assignment.numel(), self.num_experts
             counts = torch.tensor([n // e + (i < n % e) for i in range(e)])
+        routed = self._compute(flat)
+        if self.dispatch(routed) == "dense":
+            dense_gates = torch.zeros_like(probs).scatter_(1, experts, gates)  # (n, E), zero off the top-k
+            out = torch.zeros_like(routed)
+            for e in range(self.num_experts):
+                out = out + self.expert(e, routed) * dense_gates[:, e, None].to(routed.dtype)
         else:
-            counts = torch.bincount(assignment, minlength=self.num_experts)
-        # index_select / index_add_ move rows in both directions (their backwards are each other),
-        # far cheaper on CPU than advanced indexing, whose backward is a sorting index_put_.
-        routed = self._compute(flat).index_select(0, token_of)  # assignments grouped by expert
-        ys = self.grouped_experts(routed, counts) * gates.reshape(-1)[order, None].to(routed.dtype)
-        out = torch.zeros_like(flat, dtype=ys.dtype).index_add_(0, token_of, ys)
+            order = assignment.argsort(stable=True)
+            token_of = order // self.top_k
+            # index_select / index_add_ move rows in both directions (their backwards are each other),
+            # far cheaper on CPU than advanced indexing, whose backward is a sorting index_put_.
+            routed = routed.index_select(0, token_of)  # assignments grouped by expert
+            ys = self.grouped_experts(routed, counts) * gates.reshape(-1)[order, None].to(routed.dtype)
+            out = torch.zeros_like(flat, dtype=ys.dtype).index_add_(0, token_of, ys)
 
         out = out.to(x.dtype).reshape(shape)
         if not losses:
