@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import codecs
 import sys
-import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -105,12 +104,15 @@ class Decoder:
             self.prefills += 1
             out = self._forward(self.window, None)
         elif self.step is not None and self.state is not None and len(tokens) == 1:
-            self.window += tokens
             if not isinstance(self.state.pos, Tensor):  # after a prefill: one graph for every position
                 self.state.pos = torch.tensor(self.state.pos, device=self.device)
             if self.device.type == "cuda":  # the previous step's outputs are this step's inputs
                 torch.compiler.cudagraph_mark_step_begin()
             out = self.step(torch.tensor([tokens], dtype=torch.long, device=self.device), state=self.state)
+            self.window += tokens
+            self.state = out.state
+            # a CUDA graph's outputs are overwritten by its next replay: the caller keeps its own logits
+            return out.logits[0, -1].clone()
         elif self.use_cache:
             if not self.window:
                 self.prefills += 1
@@ -124,16 +126,17 @@ class Decoder:
         return out.logits[0, -1]
 
 
-_COMPILED_STEPS: weakref.WeakKeyDictionary[nn.Module, Callable] = weakref.WeakKeyDictionary()
-
-
 def _compiled_step(model: nn.Module) -> Callable:
-    """One compiled one-byte step per model and process (the compilation is the expensive part)."""
-    if model not in _COMPILED_STEPS:
-        device = next(model.parameters()).device
-        mode = "reduce-overhead" if device.type == "cuda" else None  # CUDA graphs: one replay per byte
-        _COMPILED_STEPS[model] = torch.compile(model, fullgraph=True, dynamic=False, mode=mode)
-    return _COMPILED_STEPS[model]
+    """One compiled one-byte step per model and process (the compilation is the expensive part), kept on the
+    model itself: the compiled wrapper references the model, so a cache keyed by it would never let it go.
+    On CUDA, CUDA graphs (one replay per byte) and graph breaks allowed: fla's fused kernels have not been
+    traced by torch.compile here (no GPU); on the CPU the whole step is one graph."""
+    step = model.__dict__.get("_compiled_decode_step")  # __dict__: not registered as a submodule
+    if step is None:
+        cuda = next(model.parameters()).device.type == "cuda"
+        step = torch.compile(model, fullgraph=not cuda, dynamic=False, mode="reduce-overhead" if cuda else None)
+        model.__dict__["_compiled_decode_step"] = step
+    return step
 
 
 def sample_byte(

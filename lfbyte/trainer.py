@@ -209,6 +209,8 @@ class Trainer:
         else:
             restore_model(self.model, ckpt, path, source)
             self.load_state_dict(restore_training(ckpt, path, self.optimizer, self.scaler))
+        for group in self.optimizer.param_groups:  # loading restores the saved flags: before fused AdamW ran on
+            group.update(fused=True, foreach=None)  # the CPU, checkpoints said fused=None (found_inf needs fused)
         self.resumed_from = str(path)
         self.saved_step = self.step
         if self.info.is_main:
@@ -343,13 +345,14 @@ class Trainer:
         """Read every step not yet read (one wait for the device) and apply the non-finite rule to each, in
         order, as the device did: warnings and ``skipped_steps`` rows at their own steps, or the error naming
         the step at which the run stopped (the device skipped every update after it)."""
-        pending, self._pending = self._pending, []
+        pending = self._pending
         if not pending:
             return []
         values = torch.stack([torch.stack([r.loss.float(), r.grad_norm.float(), r.by_scaler.float()])
                               for _, _, r in pending]).tolist()
         done = []
-        for (step, lr, result), (loss, gnorm, by_scaler) in zip(pending, values, strict=True):
+        for i, ((step, lr, result), (loss, gnorm, by_scaler)) in enumerate(zip(pending, values, strict=True)):
+            self._pending = pending[i + 1 :]  # replayed one by one: an error part-way leaves the rest unread
             if math.isfinite(loss) and math.isfinite(gnorm):
                 self.skipped_in_a_row = 0
                 done.append((step, lr, loss, gnorm, result))
@@ -449,7 +452,7 @@ class Trainer:
                 if not (log or evaluate or save):
                     continue  # nothing on the host needs this step's numbers yet: the device runs ahead
                 for step, lr_, loss, grad_norm, result in self._read_pending():
-                    if step != self.step or not log or self.skipped_in_a_row:
+                    if step != self.step or not log:
                         continue
                     now = time.perf_counter()
                     bps = window_bytes / max(now - window_t, 1e-9)
@@ -526,15 +529,18 @@ class Trainer:
     def fail(self, error: BaseException) -> None:
         """After a failure: keep what training reached (a checkpoint, unless the weights went non-finite) and
         leave ``metrics.json`` with ``status: failed`` and the reason. Never raises: the error itself matters."""
-        nonfinite = isinstance(error, NonFiniteError)
-        if self._pending and not nonfinite:  # steps the host has not read may have stopped the run already
+        nonfinite, cause, note = isinstance(error, NonFiniteError), "", ""
+        if not nonfinite:  # steps the host has not read yet may have stopped the run already
             try:
                 self._read_pending()
-            except NonFiniteError:
-                nonfinite = True
+            except NonFiniteError as e:
+                nonfinite, cause = True, f"; before that: {e}"
             except Exception:  # noqa: BLE001 - e.g. the device that failed the run cannot be read either
-                self._pending = []
-        note = ""
+                pass
+            try:  # the device's own word on whether the weights are past a stop (whatever was replayed)
+                nonfinite = nonfinite or bool(self._halted.item())
+            except Exception:  # noqa: BLE001
+                nonfinite = True  # unknown: do not save weights that may be past a non-finite step
         if self.sharded and self.step > (self.saved_step or 0):
             # a sharded save needs every rank, and after a failure a peer may never arrive
             kept = f"the last checkpoint (step {self.saved_step})" if self.saved_step is not None else "no checkpoint"
@@ -547,6 +553,7 @@ class Trainer:
                 note = f"; the checkpoint at step {self.step} could not be written ({e})"
         elif self.saved_step is not None:
             note = f"; the last good checkpoint (step {self.saved_step}) is in {self.ckpt_dir}"
+        note = cause + note
         try:
             self._write_metrics("failed", error=describe(error) + note)
         except Exception:  # noqa: BLE001

@@ -320,8 +320,16 @@ def test_nonfinite_gradient_stops_naming_the_step_and_keeps_the_checkpoint(tmp_p
     assert all(torch.isfinite(v).all() for v in ckpt["model_state_dict"].values())
 
 
-def test_skipped_nonfinite_steps_leave_weights_and_optimizer_untouched(tmp_path: Path, text_file: Path) -> None:
-    flat = {"optimizer.schedule": "constant", "optimizer.warmup_steps": 0, "trainer.eval_interval": 100}
+# log_interval 5: the host reads the device's verdicts several steps late (the step itself never waits);
+# everything below must come out the same as when it reads after every step
+LOG_INTERVALS = pytest.mark.parametrize("log_interval", [1, 5], ids=["read-every-step", "read-later"])
+
+
+@LOG_INTERVALS
+def test_skipped_nonfinite_steps_leave_weights_and_optimizer_untouched(tmp_path: Path, text_file: Path,
+                                                                       log_interval: int) -> None:
+    flat = {"optimizer.schedule": "constant", "optimizer.warmup_steps": 0, "trainer.eval_interval": 100,
+            "trainer.log_interval": log_interval}
     two = train(compose_cfg(*tiny_overrides(text_file, **flat, **{"trainer.max_steps": 2})), tmp_path / "two")
     cfg = train_cfg_plain(compose_cfg(*tiny_overrides(
         text_file, **flat, **{"trainer.max_steps": 4, "trainer.on_nonfinite": "skip"})))
@@ -341,9 +349,11 @@ def test_skipped_nonfinite_steps_leave_weights_and_optimizer_untouched(tmp_path:
     assert two["step"] == 2
 
 
-def test_too_many_skips_in_a_row_stop(tmp_path: Path, text_file: Path) -> None:
+@LOG_INTERVALS
+def test_too_many_skips_in_a_row_stop(tmp_path: Path, text_file: Path, log_interval: int) -> None:
     cfg = train_cfg_plain(compose_cfg(*tiny_overrides(
-        text_file, **{"trainer.on_nonfinite": "skip", "trainer.max_skipped_steps": 2})))
+        text_file, **{"trainer.on_nonfinite": "skip", "trainer.max_skipped_steps": 2,
+                      "trainer.log_interval": log_interval})))
     trainer = Trainer(cfg, tmp_path)
     _poison(trainer, {2, 3, 4})
     with pytest.raises(LFByteError) as info:
@@ -353,11 +363,13 @@ def test_too_many_skips_in_a_row_stop(tmp_path: Path, text_file: Path) -> None:
                                "had been written yet. Lower optimizer.lr")
 
 
-def test_fp16_scaler_skips_are_counted_and_stop_when_they_never_end(tmp_path: Path, text_file: Path) -> None:
+@LOG_INTERVALS
+def test_fp16_scaler_skips_are_counted_and_stop_when_they_never_end(tmp_path: Path, text_file: Path,
+                                                                    log_interval: int) -> None:
     """fp16 overflow is the GradScaler's to handle, but gradients that stay non-finite must not go unnoticed."""
     cfg = train_cfg_plain(compose_cfg(*tiny_overrides(
         text_file, **{"trainer.precision": "fp16", "trainer.max_steps": 20, "trainer.max_skipped_steps": 4,
-                      "trainer.checkpoint_interval": 2})))
+                      "trainer.checkpoint_interval": 2, "trainer.log_interval": log_interval})))
     trainer = Trainer(cfg, tmp_path)
     _poison(trainer, set(range(3, 21)), where="grad")
     with pytest.raises(LFByteError) as info:

@@ -105,6 +105,20 @@ def test_compiled_decoding_step_equals_the_eager_one_across_a_slide() -> None:
     assert generate_bytes(model, "ab", compile=True, **kwargs) == generate_bytes(model, "ab", **kwargs)
     with pytest.raises(GenerationError, match="fixed-size decode state"):
         Decoder(MODELS["gpt"], compile=True)
+    assert Decoder(model, compile=True).step is compiled.step  # compiled once per model
+
+
+@pytest.mark.slow
+def test_a_model_decoded_with_compile_can_be_freed() -> None:
+    import gc
+    import weakref
+
+    model = LFByteTransformer(**SMALL, num_experts=1).eval()
+    assert len(generate_bytes(model, "ab", 3, compile=True, seed=0)) == 3
+    ref = weakref.ref(model)
+    del model
+    gc.collect()
+    assert ref() is None  # the compiled step lives on the model, not in a cache that keeps it alive
 
 
 def test_keep_must_fit_the_window() -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -87,6 +88,11 @@ def _trainer(tmp_path: Path, text_file: Path, **extra: object) -> Trainer:
     return Trainer(cfg, tmp_path)
 
 
+# the MoE's step is sync-free through grouped_mm (torch >= 2.8): without it, the CPU reads counts on the host
+GROUPED_MM = pytest.mark.skipif(not hasattr(F, "grouped_mm"), reason="torch without F.grouped_mm")
+
+
+@GROUPED_MM
 @pytest.mark.parametrize("extra", [{}, {"model.num_experts": 1}, {"trainer.on_nonfinite": "skip"},
                                    {"trainer.precision": "bf16", "model.dropout": 0.1}],
                          ids=["moe-fp32", "dense", "skip-mode", "bf16-dropout"])
@@ -174,11 +180,14 @@ def test_the_model_compiles_as_one_graph_and_matches_eager(arch: str) -> None:
         torch.testing.assert_close(low.float(), ref.loss.detach(), atol=0.05, rtol=0.05)
 
 
+@GROUPED_MM
 def test_moe_dense_dispatch_equals_the_sorted_one(monkeypatch: pytest.MonkeyPatch) -> None:
     """``dense`` (every expert on every token, gates zero off the top-k: what CUDA without grouped_mm and
     compiled fp32 graphs run) gives the sorted dispatch's output and gradients."""
     torch.manual_seed(0)
     moe = MixtureOfExperts(dim=16, hidden=24, num_experts=4, top_k=2)
+    # the memory estimate traces on the meta device what the CPU runs eagerly (not dense's E/k times the work)
+    assert moe.dispatch(torch.empty(5, 16, device="meta")) == "loop"
     x = torch.randn(3, 7, 16, requires_grad=True)
     results = []
     for mode in ("grouped", "loop", "dense"):
@@ -196,10 +205,11 @@ def test_moe_dense_dispatch_equals_the_sorted_one(monkeypatch: pytest.MonkeyPatc
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("model", ["tiny", "gpt_tiny"])
-def test_cuda_training_steps_never_synchronize(tmp_path: Path, text_file: Path, model: str) -> None:
+@pytest.mark.parametrize("precision", ["bf16", "fp32", "fp16"])  # grouped MoE, dense MoE, the GradScaler
+def test_cuda_training_steps_never_synchronize(tmp_path: Path, text_file: Path, model: str, precision: str) -> None:
     """On a GPU, CUDA's own detector: any synchronising call inside a step raises."""
     trainer = _trainer(tmp_path, text_file, **{"model": model, "trainer.device": "cuda",
-                                              "trainer.precision": "bf16"})
+                                              "trainer.precision": precision})
     trainer.train_step(1e-3)  # the first step initialises lazily (cuBLAS handles, the fused kernels' state)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
@@ -221,3 +231,22 @@ def test_cuda_graph_decoding_equals_eager_decoding() -> None:
     eager, graphed = Decoder(model, keep=12), Decoder(model, keep=12, compile=True)
     for step, tokens in enumerate([history[:20]] + [[t] for t in history[20:]]):
         torch.testing.assert_close(graphed.feed(tokens), eager.feed(tokens), atol=1e-4, rtol=1e-4, msg=f"step {step}")
+
+
+def test_a_checkpoint_saved_by_foreach_adamw_resumes(tmp_path: Path, text_file: Path) -> None:
+    """Checkpoints written before AdamW was fused on the CPU say ``fused: None`` in their param groups; loading
+    restores those flags, and the device-side skip (``found_inf``) needs the fused kernel."""
+    from lfbyte.checkpoint import load_checkpoint
+
+    trainer = _trainer(tmp_path / "a", text_file, **{"trainer.max_steps": 2})
+    trainer.fit()
+    trainer.close()
+    ckpt = load_checkpoint(tmp_path / "a" / "checkpoints" / "last.pth")
+    for group in ckpt["optimizer_state_dict"]["param_groups"]:
+        group.update(fused=None, foreach=None)
+    old = tmp_path / "old.pth"
+    torch.save(ckpt, old)
+    resumed = _trainer(tmp_path / "b", text_file, **{"trainer.max_steps": 4, "trainer.resume": str(old)})
+    assert resumed.step == 2 and all(g["fused"] for g in resumed.optimizer.param_groups)
+    assert resumed.fit()["step"] == 4
+    resumed.close()

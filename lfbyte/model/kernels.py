@@ -34,6 +34,7 @@ MixFn = Callable[..., tuple[Tensor, Tensor]]
 logger = logging.getLogger(__name__)
 _CHOSEN: dict[tuple[str, str, torch.dtype], str] = {}
 _LOGGED: set[str] = set()
+_FLA_OPS: tuple[MixFn, MixFn, str] | None = None  # fla's ops once chosen (functools.cache is opaque to dynamo)
 
 
 @functools.cache
@@ -95,7 +96,7 @@ def fla_decay_mix(
     """:func:`~lfbyte.model.token_mixing.decay_mix` on fla's fused kernels (same arguments and results).
 
     ``chunk_size`` is not passed on: fla picks its own chunk (64), which changes rounding, not the result."""
-    ops = _fla_ops()
+    ops = _FLA_OPS or _fla_ops()  # the global (set when fla was chosen) is what a compiled graph can read
     if isinstance(ops, str):
         raise RuntimeError(ops)
     chunk, recurrent = ops[0], ops[1]
@@ -121,7 +122,9 @@ def _choose(choice: str, device_type: str, dtype: torch.dtype) -> str:
         raise RuntimeError(fla_problem(device_type)
                            or f"model.mixer_kernel=fla cannot run here ({reason}); use model.mixer_kernel=auto")
     if reason is None:
-        _log_once(f"token mixing: fused fla kernels (fla-core {_fla_ops()[2]}) on {device_type}")
+        global _FLA_OPS
+        _FLA_OPS = _fla_ops()
+        _log_once(f"token mixing: fused fla kernels (fla-core {_FLA_OPS[2]}) on {device_type}")
         name = "fla"
     else:
         _log_once(f"token mixing: pure-torch decay_mix ({reason})")
@@ -130,15 +133,19 @@ def _choose(choice: str, device_type: str, dtype: torch.dtype) -> str:
     return name
 
 
-# run on the host even while torch.compile traces (the import probe and the log line stay out of the graph,
-# which sees the answer as a constant)
-@torch._dynamo.assume_constant_result
 def kernel_name(choice: str, device_type: str, dtype: torch.dtype) -> str:
     """``"fla"`` or ``"torch"``: which decay_mix runs for ``mixer_kernel=choice`` on inputs on ``device_type`` of
     ``dtype``. Decided (and logged) once per process for each (choice, device type, dtype); ``fla`` where it
     cannot run raises RuntimeError with one line naming what to install."""
     name = _CHOSEN.get((choice, device_type, dtype))
     return name if name is not None else _choose(choice, device_type, dtype)
+
+
+# Run on the host even while torch.compile traces: the import probe and the log line stay out of the graph, which
+# sees the answer as a constant. This is what torch._dynamo.assume_constant_result does (it sets this attribute);
+# set directly because importing torch._dynamo would add ~1.7 s to every command. tests/test_sync_free.py's
+# fullgraph test fails if the attribute stops working.
+kernel_name._dynamo_marked_constant = True  # type: ignore[attr-defined]
 
 
 def mix_fn(choice: str, device: torch.device, dtype: torch.dtype) -> MixFn:

@@ -81,7 +81,9 @@ class MixtureOfExperts(nn.Module):
         graphs that cannot use it)."""
         if self._grouped_mm_supported(x) and not (torch.compiler.is_compiling() and x.dtype != torch.bfloat16):
             return "grouped"  # (torch.compile's shape rule for grouped_mm accepts only bf16, unlike the CPU kernel)
-        return "loop" if x.device.type == "cpu" and not torch.compiler.is_compiling() else "dense"
+        if x.device.type in ("cpu", "meta") and not torch.compiler.is_compiling():
+            return "loop"  # (meta: the memory estimate, which makes its even load on the host)
+        return "dense"
 
     def _grouped_mm_supported(self, x: Tensor) -> bool:
         # F.grouped_mm (recent torch only) wants 16-byte-aligned rows; on CUDA only bf16 on sm80+
@@ -130,8 +132,9 @@ class MixtureOfExperts(nn.Module):
         if self.dispatch(routed) == "dense":
             dense_gates = torch.zeros_like(probs).scatter_(1, experts, gates)  # (n, E), zero off the top-k
             out = torch.zeros_like(routed)
-            for e in range(self.num_experts):
-                out = out + self.expert(e, routed) * dense_gates[:, e, None].to(routed.dtype)
+            for e in range(self.num_experts):  # where, not a product: an overflow off the top-k must not
+                chosen = dense_gates[:, e, None] > 0  # become 0 * inf = NaN (fp16)
+                out = out + torch.where(chosen, self.expert(e, routed) * dense_gates[:, e, None].to(routed.dtype), 0)
         else:
             order = assignment.argsort(stable=True)
             token_of = order // self.top_k
