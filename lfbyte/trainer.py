@@ -182,7 +182,9 @@ class Trainer:
 
         self.train_model: torch.nn.Module = self.model
         if tc.get("compile"):
-            self.train_model = torch.compile(self.model)
+            # static shapes: a recompile for the evaluation's batch would otherwise turn on dynamic shapes, and
+            # inductor (torch 2.13) fails on the chunked mixer's symbolic sizes
+            self.train_model = torch.compile(self.model, dynamic=False)
         if info.enabled and not self.sharded:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.train_model = DDP(self.train_model, device_ids=ids)
