@@ -24,7 +24,8 @@ from lfbyte.checkpoint import save_checkpoint
 from lfbyte.config import to_plain, validate
 from lfbyte.errors import ConfigError
 from lfbyte.model import LFByteTransformer, TokenMixing, build_model, decay_mix, kernels
-from lfbyte.model.kernels import fla_decay_mix, fla_unavailable, from_fla, mix_fn, to_fla
+from lfbyte.model.kernels import fla_decay_mix, fla_unavailable, from_fla, to_fla
+from lfbyte.model.token_mixing import mix_fn
 from lfbyte.resources import estimate_memory
 from lfbyte.rundir import check_resume
 from lfbyte.runs import load_run
@@ -41,6 +42,7 @@ def fresh_choice(monkeypatch: pytest.MonkeyPatch) -> None:
     """Forget earlier choices and log lines, as in a new process."""
     monkeypatch.setattr(kernels, "_CHOSEN", {})
     monkeypatch.setattr(kernels, "_LOGGED", set())
+    monkeypatch.setattr(kernels, "_FLA_OPS", None)  # (a fake's ops must not outlive its test)
 
 
 def _inputs(b: int, h: int, t: int, dk: int, dv: int, device: str = "cpu", carried: bool = True,

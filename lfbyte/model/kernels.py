@@ -148,12 +148,5 @@ def kernel_name(choice: str, device_type: str, dtype: torch.dtype) -> str:
 kernel_name._dynamo_marked_constant = True  # type: ignore[attr-defined]
 
 
-def mix_fn(choice: str, device: torch.device, dtype: torch.dtype) -> MixFn:
-    """The decay_mix implementation :func:`kernel_name` picks."""
-    from .token_mixing import decay_mix
-
-    return fla_decay_mix if kernel_name(choice, device.type, dtype) == "fla" else decay_mix
-
-
 __all__ = ["FLA_DTYPES", "MIXER_KERNELS", "fla_decay_mix", "fla_problem", "fla_unavailable", "from_fla", "kernel_name",
-           "mix_fn", "to_fla"]
+           "to_fla"]

@@ -122,12 +122,12 @@ class MixtureOfExperts(nn.Module):
                 return out, None, None
             counts = (assignment[:, None] == torch.arange(self.num_experts, device=x.device)).sum(0)
             return out, *self._losses(logits, probs, counts, assignment.numel())
-        # counts of assignments per expert, on the device with a static shape (bincount's size is data-dependent)
-        counts = torch.zeros(self.num_experts, dtype=torch.int64, device=x.device).scatter_add_(
-            0, assignment, torch.ones_like(assignment))
         if assignment.is_meta:  # memory estimation (lfbyte.resources): no routing data, assume an even load
             n, e = assignment.numel(), self.num_experts
             counts = torch.tensor([n // e + (i < n % e) for i in range(e)])
+        else:  # assignments per expert, on the device with a static shape (bincount's size is data-dependent)
+            counts = torch.zeros(self.num_experts, dtype=torch.int64, device=x.device).scatter_add_(
+                0, assignment, torch.ones_like(assignment))
         routed = self._compute(flat)
         if self.dispatch(routed) == "dense":
             dense_gates = torch.zeros_like(probs).scatter_(1, experts, gates)  # (n, E), zero off the top-k

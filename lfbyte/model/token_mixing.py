@@ -10,7 +10,7 @@ from einops import einsum, rearrange
 from torch import Tensor, nn
 
 from .adaptive import AdaptiveLinear
-from .kernels import MIXER_KERNELS, fla_decay_mix, kernel_name
+from .kernels import MIXER_KERNELS, MixFn, fla_decay_mix, kernel_name
 
 
 def decay_mix(
@@ -73,6 +73,12 @@ def decay_mix(
     return out, new_state
 
 
+def mix_fn(choice: str, device: torch.device, dtype: torch.dtype) -> MixFn:
+    """The decay_mix implementation for ``mixer_kernel=choice`` on ``device`` and ``dtype``
+    (:func:`~lfbyte.model.kernels.kernel_name` decides: fla's fused kernels or the pure-torch reference)."""
+    return fla_decay_mix if kernel_name(choice, device.type, dtype) == "fla" else decay_mix
+
+
 class TokenMixing(nn.Module):
     """Multi-head causal token mixer gated by AdaptiveLinear projections.
 
@@ -124,8 +130,7 @@ class TokenMixing(nn.Module):
             log_decay = rearrange(-F.softplus(proj[..., 4 * self.dim :].float() + self.decay_bias), "b t h -> b h t")
         else:
             log_decay = (-F.softplus(self.decay_bias.float()))[None, :, None].expand(x.shape[0], -1, x.shape[1])
-        mix = fla_decay_mix if kernel_name(self.mixer_kernel, q.device.type, q.dtype) == "fla" else decay_mix
-        out, state = mix(q, k, v, log_decay, self.chunk_size, state)
+        out, state = mix_fn(self.mixer_kernel, q.device, q.dtype)(q, k, v, log_decay, self.chunk_size, state)
         out = self.head_norm(out.to(x.dtype) if out.dtype != x.dtype else out)
         out = rearrange(out, "b h t d -> b t (h d)") * F.silu(gate)
         return self.out_proj(out), state
