@@ -1,0 +1,21 @@
+"""trainer.compile on the CPU: the first steps (compilation) and the steady step time, one thread, run alone.
+
+    python experiments/cpu_speed/compile_step.py recipe_2min trainer.compile=true     # from the repo root
+    python experiments/cpu_speed/compile_step.py recipe_2min_gpt [trainer.compile=true]
+"""
+import sys, time, torch, tempfile
+sys.path.insert(0, ".")
+from tests.conftest import compose_cfg
+from lfbyte.config import to_plain, validate
+from lfbyte.trainer import Trainer
+torch.set_num_threads(1)
+exp = sys.argv[1]; extra = sys.argv[2:]
+cfg = to_plain(compose_cfg(f"experiment={exp}", "trainer.num_threads=1", "trainer.sample_length=0", "trainer.progress=false", *extra))
+validate(cfg)
+tr = Trainer(cfg, tempfile.mkdtemp())
+t = time.perf_counter()
+for _ in range(3): tr.train_step(1e-3)
+print(exp, extra, "first 3 steps s", round(time.perf_counter() - t, 1))
+t = time.perf_counter()
+for _ in range(20): tr.train_step(1e-3)
+print(exp, extra, "ms/step", round((time.perf_counter() - t) / 20 * 1e3, 1))
