@@ -172,6 +172,16 @@ def test_report_single_seed_comparison_says_it_cannot_judge(tmp_path: Path) -> N
     assert "n/a: needs ≥ 2 seeds each (n=1 vs 1)" in (sweep / "report.md").read_text()
 
 
+def test_report_of_a_queue_names_the_best_folder(tmp_path: Path) -> None:
+    # experiments/run_queue.sh writes <sweep>/<model>/seedN: folders without Hydra job numbers
+    sweep = tmp_path / "q"
+    for model, bpbs in {"lf": [2.1, 2.0], "gpt": [2.3, 2.2]}.items():
+        for seed, bpb in enumerate(bpbs, start=3):
+            _job(sweep, f"{model}/seed{seed}", {"model": model, "seed": seed}, bpb)
+    report(sweep, plot=False)
+    assert "Best: `lf/seed4` (model=lf, seed=4) at 2.0000 val bits/byte." in (sweep / "report.md").read_text()
+
+
 def test_report_rejects_an_unknown_baseline(tuned_sweep: Path, capsys: pytest.CaptureFixture) -> None:
     assert report_main([str(tuned_sweep), "--vs", "model=nope", "--no-plot"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
