@@ -1,7 +1,7 @@
 """trainer.compile on the CPU: the first steps (compilation) and the steady step time, one thread, run alone.
 
-    python experiments/cpu_speed/compile_step.py recipe_2min trainer.compile=true     # from the repo root
-    python experiments/cpu_speed/compile_step.py recipe_2min_gpt [trainer.compile=true]
+    python experiments/cpu_speed/compile_step.py recipe_2min_mini trainer.compile=true     # from the repo root
+    python experiments/cpu_speed/compile_step.py recipe_2min_mini_gpt [trainer.compile=true]
 """
 import sys, time, torch, tempfile
 sys.path.insert(0, ".")
