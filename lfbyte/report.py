@@ -142,15 +142,6 @@ def _parse_overrides(items: list[str]) -> dict[str, str]:
     return out
 
 
-def _relative(path: Path | None, root: Path) -> str:
-    if path is None:
-        return ""
-    try:
-        return str(path.relative_to(root))
-    except ValueError:
-        return str(path)
-
-
 def _job_num(job_dir: Path) -> int | None:
     try:
         hydra_cfg = _read_yaml(job_dir / ".hydra" / "hydra.yaml")
@@ -334,8 +325,8 @@ def write_markdown(jobs: list[Job], rows: list[dict[str, Any]], swept: list[str]
     if ok:
         best = min(ok, key=lambda j: j.value("val_bpb"))
         desc = ", ".join(f"{k}={_fmt_value(best.overrides.get(k, ''))}" for k in swept) or best.name
-        # a queue's folders (experiments/run_queue.sh) have no job number: name the folder instead
-        which = f"job {best.num}" if best.num is not None else f"`{_relative(best.path, sweep_dir)}`"
+        # a queue's folders (experiments/run_queue.sh) have no job number: name the folder (found under sweep_dir)
+        which = f"job {best.num}" if best.num is not None else f"`{best.path.relative_to(sweep_dir)}`"
         lines.append(f"Best: {which} ({desc}) at {best.value('val_bpb'):.4f} val bits/byte.")
     lines.append("")
     headers = ["job", "status", *swept, *(h for h, _, _ in COLUMNS), "error"]
