@@ -161,8 +161,8 @@ def _tiny(arch: str) -> torch.nn.Module:
 @pytest.mark.parametrize("arch", ["lfbyte", "gpt"])
 def test_the_model_compiles_as_one_graph_and_matches_eager(arch: str) -> None:
     """``torch.compile(fullgraph=True)``: any graph break (a host read, an untraceable call) is an error.
-    fp32 training (forward and backward; the MoE takes its dense dispatch, as grouped_mm compiles in bf16 only)
-    and a bf16 autocast forward (the MoE's grouped matmuls)."""
+    fp32 training (forward and backward; the MoE's grouped matmuls through ``lfbyte::grouped_mm``, as torch.compile
+    traces grouped_mm itself in bf16 only) and a bf16 autocast forward (grouped_mm itself)."""
     torch._dynamo.reset()  # earlier tests compiled the same forward at other shapes: start from no cache
     model = _tiny(arch)
     x, y = torch.randint(0, 256, (2, 32)), torch.randint(0, 256, (2, 32))
@@ -179,6 +179,38 @@ def test_the_model_compiles_as_one_graph_and_matches_eager(arch: str) -> None:
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         low = compiled(x, y).loss
         torch.testing.assert_close(low.float(), ref.loss.detach(), atol=0.05, rtol=0.05)
+
+
+@pytest.mark.slow
+@GROUPED_MM
+def test_compiled_fp32_moe_runs_the_grouped_matmuls_not_the_dense_dispatch() -> None:
+    """A compiled fp32 graph on the CPU runs each expert on its own tokens (``lfbyte::grouped_mm``), not every expert
+    on every token, and matches the eager values and gradients, with an idle expert (an empty group)."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    moe = MixtureOfExperts(dim=16, hidden=24, num_experts=4, top_k=1)
+    with torch.no_grad():
+        moe.router.weight.zero_()
+        moe.router.weight[2, 0] = 10.0  # x[:, 0] > 0 -> expert 2, the rest to expert 0 or 1; expert 3 idle
+    x = torch.randn(2, 9, 16, requires_grad=True)
+    seen: list[str] = []
+
+    def inductor_recording_ops(gm: torch.fx.GraphModule, inputs: list) -> object:  # what dynamo hands to inductor
+        seen.extend(str(node.target) for node in gm.graph.nodes)
+        return torch._dynamo.lookup_backend("inductor")(gm, inputs)
+
+    out, aux, _ = torch.compile(moe, fullgraph=True, dynamic=False, backend=inductor_recording_ops)(x)
+    assert "lfbyte.grouped_mm.default" in seen, seen
+    (out.square().sum() + aux).backward()
+    grads = (x.grad.clone(), moe.w_in.grad.clone(), moe.w_out.grad.clone())
+    x.grad = None
+    moe.zero_grad()
+    ref, ref_aux, _ = moe(x)
+    (ref.square().sum() + ref_aux).backward()
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    for a, b in zip(grads, (x.grad, moe.w_in.grad, moe.w_out.grad), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert grads[1][3].abs().sum() == 0  # the idle expert's weights get no gradient
 
 
 @GROUPED_MM

