@@ -294,10 +294,10 @@ def test_budget_recipes_are_single_runs_with_a_time_budget(recipe: str) -> None:
 
 
 def test_ablations_each_turn_one_component_off() -> None:
-    base = to_plain(compose_cfg("experiment=recipe_2min"))["model"]
+    base = to_plain(compose_cfg("experiment=recipe_2min_moe"))["model"]
     changed = {}
     for ablation in ("none", "no_adaptive", "no_conditioner", "no_moe", "no_pos", "fixed_decay"):
-        model = to_plain(compose_cfg("experiment=recipe_2min", f"ablation={ablation}"))["model"]
+        model = to_plain(compose_cfg("experiment=recipe_2min_moe", f"ablation={ablation}"))["model"]
         changed[ablation] = {k: v for k, v in model.items() if base.get(k) != v}
     assert changed == {"none": {}, "no_adaptive": {"adapt_rank": 0}, "no_conditioner": {"conv_size": 1},
                        "no_moe": {"num_experts": 1}, "no_pos": {"pos_encoding": "none"},
