@@ -147,6 +147,9 @@ def test_adaptive_linear_depends_on_context_and_stays_cheap() -> None:
     c = c1[0, 0]
     w_eff = layer.weight + layer.up @ torch.diag(layer.gate(c)) @ layer.down
     torch.testing.assert_close(layer(x[0, 0], c), x[0, 0] @ w_eff.T + layer.bias, atol=1e-4, rtol=1e-4)
+    # and so does the other form, taken for as many positions as outputs ([W U] [x; g ⊙ V x] in one matmul)
+    many = torch.randn(600, 512)
+    torch.testing.assert_close(layer(many, c.expand(600, -1)), many @ w_eff.T + layer.bias, atol=1e-4, rtol=1e-4)
 
 
 def test_adaptive_linear_flops_within_2x_of_linear() -> None:
