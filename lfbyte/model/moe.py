@@ -102,8 +102,8 @@ class MixtureOfExperts(nn.Module):
         if self.dispatch(x) != "grouped":
             return torch.cat([self.expert(e, xs) for e, xs in enumerate(x.split(counts.tolist()))])
         offs = counts.cumsum(0).to(torch.int32)
-        compiling_fp32 = torch.compiler.is_compiling() and x.dtype != torch.bfloat16
-        mm = compiled_grouped_mm if compiling_fp32 else F.grouped_mm
+        compiling_not_bf16 = torch.compiler.is_compiling() and x.dtype != torch.bfloat16
+        mm = compiled_grouped_mm if compiling_not_bf16 else F.grouped_mm
         h = mm(x, self.w_in.to(x.dtype).transpose(1, 2), offs=offs)
         a, b = h.chunk(2, dim=-1)
         return mm(F.silu(a) * b, self.w_out.to(x.dtype).transpose(1, 2), offs=offs)
