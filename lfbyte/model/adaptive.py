@@ -104,7 +104,7 @@ class AdaptiveLinear(nn.Module):
             return F.linear(x, self.weight_down, self.bias)
         if x.numel() // self.in_features < self.out_features:
             # few positions (decoding a byte, short prompts): W x and V x in one matmul, then U (g ⊙ V x); copying
-            # [W U] as below would cost more than it saves (1.3x slower per byte at batch 1)
+            # [W U] as below would cost more than it saves (up to 1.6x slower at batch 1; cpu_speed/adaptive_rows.md)
             y, low = F.linear(x, self.weight_down).split([self.out_features, self.rank], dim=-1)
             y = y + F.linear(low * self.gate(c), self.up)
             return y if self.bias is None else y + self.bias
