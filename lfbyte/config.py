@@ -171,6 +171,9 @@ def validate(cfg: dict[str, Any]) -> None:
         for key in ("adapt_dim", "num_experts", "top_k", "chunk_size", "conv_size"):
             if key in m:
                 _check(p, is_int(m[key]), f"model.{key}={m[key]!r} must be an integer >= 1")
+        if "short_conv" in m:
+            _check(p, is_int(m["short_conv"], lo=0),
+                   f"model.short_conv={m['short_conv']!r} must be an integer >= 0 (0 or 1: no short convolution)")
         if "adapt_rank" in m:
             _check(p, is_int(m["adapt_rank"], lo=0),
                    f"model.adapt_rank={m['adapt_rank']!r} must be an integer >= 0 (0: no adaptive part)")

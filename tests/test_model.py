@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lfbyte import GPT, LFByteTransformer
 from lfbyte.model import AdaptiveLinear, MixtureOfExperts, TokenMixing, build_model, decay_mix
+from lfbyte.model.causal_conv import causal_conv_silu
 
 TINY = dict(seq_len=96, embed_dim=64, num_layers=2, num_heads=4, adapt_dim=16, adapt_rank=8, chunk_size=16)
 
@@ -17,6 +19,7 @@ def _models() -> list[nn.Module]:
     return [
         LFByteTransformer(**TINY, num_experts=4, top_k=2),
         LFByteTransformer(**TINY, num_experts=1),
+        LFByteTransformer(**TINY, num_experts=1, short_conv=4),
         GPT(seq_len=96, embed_dim=64, num_layers=2, num_heads=4),
     ]
 
@@ -28,7 +31,7 @@ def _perturb_adaptive(model: nn.Module) -> None:
             nn.init.normal_(mod.up, std=0.05)
 
 
-@pytest.mark.parametrize("model", _models(), ids=["lfbyte-moe", "lfbyte-dense", "gpt"])
+@pytest.mark.parametrize("model", _models(), ids=["lfbyte-moe", "lfbyte-dense", "lfbyte-short-conv", "gpt"])
 def test_causal_future_bytes_do_not_change_past_logits(model: nn.Module) -> None:
     _perturb_adaptive(model)
     model.eval()
@@ -40,7 +43,7 @@ def test_causal_future_bytes_do_not_change_past_logits(model: nn.Module) -> None
     assert (a[:, 50:] - b[:, 50:]).abs().max() > 1e-3  # and the future does matter where it should
 
 
-@pytest.mark.parametrize("model", _models(), ids=["lfbyte-moe", "lfbyte-dense", "gpt"])
+@pytest.mark.parametrize("model", _models(), ids=["lfbyte-moe", "lfbyte-dense", "lfbyte-short-conv", "gpt"])
 def test_incremental_decoding_equals_full_forward(model: nn.Module) -> None:
     _perturb_adaptive(model)
     model.eval()
@@ -77,19 +80,36 @@ def test_longer_than_seq_len_is_a_clear_error() -> None:
         model(torch.zeros(1, 97, dtype=torch.long))
 
 
-def test_decay_mix_matches_naive_recurrence() -> None:
+@pytest.mark.parametrize("chunk_size", [8, 64])  # many chunks (padded), one chunk
+@pytest.mark.parametrize("carried", [False, True])
+def test_decay_mix_matches_naive_recurrence(chunk_size: int, carried: bool) -> None:
     torch.manual_seed(0)
     b, h, t, d = 2, 3, 41, 8
     q, k, v = torch.randn(b, h, t, d), torch.randn(b, h, t, d), torch.randn(b, h, t, d)
     log_decay = -torch.rand(b, h, t)
-    s0 = torch.randn(b, h, d, d)
-    out, s_end = decay_mix(q, k, v, log_decay, chunk_size=8, state=s0)
+    s0 = torch.randn(b, h, d, d) if carried else torch.zeros(b, h, d, d)
+    out, s_end = decay_mix(q, k, v, log_decay, chunk_size=chunk_size, state=s0 if carried else None)
     s, ref = s0.clone(), []
     for i in range(t):
         s = log_decay[:, :, i, None, None].exp() * s + k[:, :, i, :, None] * v[:, :, i, None, :]
         ref.append(torch.einsum("bhd,bhde->bhe", q[:, :, i], s))
     torch.testing.assert_close(out, torch.stack(ref, 2), atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(s_end, s, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kernel_size", [1, 2, 4])
+def test_causal_conv_is_conv1d_with_its_own_backward_and_continues_from_its_cache(kernel_size: int) -> None:
+    torch.manual_seed(0)
+    u, w, b = (torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+               for shape in ((2, 7, 5), (5, kernel_size), (5,)))
+    reference = F.silu(F.conv1d(u.transpose(1, 2), w[:, None], b, padding=kernel_size - 1, groups=5)[..., :7])
+    y, _ = causal_conv_silu(u, w, b)
+    torch.testing.assert_close(y, reference.transpose(1, 2))
+    assert torch.autograd.gradcheck(lambda *a: causal_conv_silu(*a)[0], (u, w, b))
+    for split in (1, 2, 6):  # a first part shorter than the window, then the rest from the cache
+        first, cache = causal_conv_silu(u[:, :split], w, b)
+        rest, _ = causal_conv_silu(u[:, split:], w, b, cache)
+        torch.testing.assert_close(torch.cat([first, rest], 1), y)
 
 
 def test_token_mixing_mixes_positions_not_only_features() -> None:

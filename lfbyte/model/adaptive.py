@@ -6,8 +6,9 @@ import math
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import Tensor, nn
+
+from .causal_conv import causal_conv_silu
 
 
 class CausalConditioner(nn.Module):
@@ -34,26 +35,7 @@ class CausalConditioner(nn.Module):
 
         Returns ``c`` of shape (b, t, adapt_dim) and the new cache.
         """
-        u = self.proj(x)
-        k = self.kernel_size - 1
-        if cache is None:  # training / prefill: left zero padding inside the convolution, no concatenation
-            c = F.conv1d(rearrange(u, "b t a -> b a t"), self._kernel(u.dtype), self.conv_bias.to(u.dtype),
-                         padding=k, groups=u.shape[-1])[..., : u.shape[1]]
-            new_cache = u[:, u.shape[1] - k :] if u.shape[1] >= k else F.pad(u, (0, 0, k - u.shape[1], 0))
-        elif u.shape[1] == 1:  # decoding one byte: a K-tap dot product beats a convolution call
-            window = torch.cat([cache.to(u.dtype), u], dim=1)  # (b, K, a)
-            new_cache = window[:, 1:]
-            c = (window * self.conv_weight.t().to(u.dtype)).sum(1) + self.conv_bias.to(u.dtype)
-            return F.silu(c)[:, None], new_cache
-        else:
-            u = torch.cat([cache.to(u.dtype), u], dim=1)
-            new_cache = u[:, u.shape[1] - k :]
-            c = F.conv1d(rearrange(u, "b t a -> b a t"), self._kernel(u.dtype), self.conv_bias.to(u.dtype),
-                         groups=u.shape[-1])
-        return F.silu(rearrange(c, "b a t -> b t a")), new_cache
-
-    def _kernel(self, dtype: torch.dtype) -> Tensor:
-        return self.conv_weight.to(dtype).unsqueeze(1)
+        return causal_conv_silu(self.proj(x), self.conv_weight, self.conv_bias, cache)
 
 
 class AdaptiveLinear(nn.Module):

@@ -23,7 +23,7 @@ from .byte_lm import VOCAB_SIZE, ModelOutput, count_parameters, merge_config, ne
 from .channel_mixing import ChannelMixing
 from .moe import MixtureOfExperts, RouterStats
 from .positional import PositionalEncoding
-from .token_mixing import TokenMixing
+from .token_mixing import MixState, TokenMixing
 
 
 @dataclass
@@ -42,6 +42,7 @@ class LFByteConfig:
     moe_z_weight: float = 0.001
     chunk_size: int = 64
     data_decay: bool = True  # False: one fixed decay per head (the ablation without data-dependent decay)
+    short_conv: int = 0  # window of TokenMixing's causal conv + SiLU on k, v; 0: none (checkpoints before it)
     mixer_kernel: str = "auto"  # what computes token mixing (model/kernels.py): auto | torch | fla; same maths
     dropout: float = 0.0
     pos_encoding: str = "sinusoidal"
@@ -58,7 +59,7 @@ class DecodeState:
     """Per-layer caches for incremental decoding, plus how many bytes were consumed."""
 
     conv: list[Tensor | None]
-    mix: list[Tensor | None]
+    mix: list[MixState | None]
     pos: int | Tensor = 0  # a 0-d tensor in a compiled decoding step (no recompilation per position)
 
 
@@ -72,7 +73,7 @@ class LFBlock(nn.Module):
         self.conditioner = CausalConditioner(d, cfg.adapt_dim, cfg.conv_size) if cfg.adapt_rank else None
         self.mixer = TokenMixing(
             d, cfg.num_heads, cfg.adapt_dim, cfg.adapt_rank, cfg.seq_len, cfg.chunk_size, cfg.data_decay,
-            cfg.mixer_kernel,
+            cfg.mixer_kernel, cfg.short_conv,
         )
         if cfg.num_experts > 1:
             hidden = max(64, cfg.hidden // cfg.top_k)
@@ -84,8 +85,8 @@ class LFBlock(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(
-        self, x: Tensor, conv: Tensor | None, mix: Tensor | None, losses: bool = True
-    ) -> tuple[Tensor, Tensor | None, RouterStats | None, Tensor, Tensor]:
+        self, x: Tensor, conv: Tensor | None, mix: MixState | None, losses: bool = True
+    ) -> tuple[Tensor, Tensor | None, RouterStats | None, Tensor, MixState]:
         h = self.norm1(x)
         c, conv = self.conditioner(h, conv) if self.conditioner is not None else (None, None)
         mixed, mix = self.mixer(h, c, mix)
@@ -187,6 +188,7 @@ class LFByteTransformer(nn.Module):
         proj_out = 4 * d + (H if cfg.data_decay else 0)
         per_layer = (2 * d * a + 2 * a * cfg.conv_size) if r else 0  # conditioner
         per_layer += 2 * d * (proj_out + r) + 2 * a * r + 2 * r * proj_out  # adaptive in_proj
+        per_layer += 2 * 2 * d * self.blocks[0].mixer.short_conv  # short convolution over k, v
         per_layer += 4 * C * d + 4 * d * dh  # intra-chunk mixing + chunk states / inter-chunk read
         per_layer += 2 * math.ceil((seq_len or cfg.seq_len) / C) * d * dh // C  # combining chunk states
         per_layer += 2 * d * d  # out_proj
