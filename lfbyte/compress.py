@@ -54,7 +54,8 @@ from .errors import ConfigError, LFByteError
 from .model.byte_lm import BYTE_VOCAB, SEPARATOR
 
 MAGIC = b"LFBZ"
-VERSION = 2  # 2: the one-byte decoding arithmetic changed (issue 11): a coded file needs the same logits
+VERSION = 3  # 2: the one-byte decoding arithmetic changed (issue 11): a coded file needs the same logits;
+# 3: the conditioner's causal convolution (lfbyte/model/causal_conv.py) rounds differently
 HEADER = struct.Struct("<4sBIQI16s")
 FREQ_BITS = 24  # the integer frequency table sums to at most 2^24
 STATE_BITS = 40  # coder state; its quarter (2^38) must exceed the frequency total

@@ -35,6 +35,9 @@ FREE_TO_CHANGE = (
 #    model.mixer_kernel: fused or pure-torch kernels compute the same mixing)
 # Keys older runs recorded that nothing ever read (removed): a resume of such a run is not a change.
 RETIRED_KEYS = ("data.kind", "optimizer.name")
+# Keys added since runs were recorded, with the value that builds the model those runs trained: a config without
+# one means that value (a resume of such a run, or a comparison with it, is not a change).
+ADDED_KEYS = {"model.short_conv": 0}
 # Model keys that change how the model trains, not what it is (its weights load either way).
 MODEL_TRAINING_KEYS = ("model.dropout", "model.chunk_size", "model.mixer_kernel")
 CHOICES = ("trainer.resume=auto to continue it, trainer.overwrite=true to move it aside and start fresh, "
@@ -128,8 +131,8 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 
 def config_changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, list[Any]]:
     """``{key: [old, new]}`` for every flattened key whose value differs (``<unset>`` when absent);
-    :data:`RETIRED_KEYS` are not compared."""
-    a, b = ({k: v for k, v in _flatten(c).items() if k not in RETIRED_KEYS} for c in (old, new))
+    :data:`RETIRED_KEYS` are not compared, and a missing one of :data:`ADDED_KEYS` reads as its old value."""
+    a, b = ({**ADDED_KEYS, **{k: v for k, v in _flatten(c).items() if k not in RETIRED_KEYS}} for c in (old, new))
     return {k: [a.get(k, "<unset>"), b.get(k, "<unset>")] for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)
             or (k in a) != (k in b)}
 

@@ -50,6 +50,8 @@ MODELS = [  # every preset, plus the ablations and a length that is no multiple 
     *((name, {}) for name in ("tiny", "mini", "small", "gpt_tiny", "gpt_mini", "gpt_small")),
     ("mini", {"adapt_rank": 0}), ("mini", {"num_experts": 1}), ("mini", {"data_decay": False}),
     ("mini", {"conv_size": 1}), ("mini", {"seq_len": 100}), ("gpt_mini", {"seq_len": 100}),
+    ("tiny", {"num_experts": 1, "short_conv": 4, "chunk_size": 64}),  # recipe_2min: one chunk, short convolution
+    ("tiny", {"seq_len": 40, "chunk_size": 64}),  # a context shorter than one chunk is not padded to it
 ]
 
 

@@ -35,6 +35,8 @@ def _models() -> dict[str, nn.Module]:
     models = {
         "lfbyte-moe": LFByteTransformer(**SMALL, num_experts=4, top_k=2),
         "lfbyte-dense": LFByteTransformer(**SMALL, num_experts=1),
+        # the recipes' form: a short convolution over keys and values, the context mixed as one chunk
+        "lfbyte-short-conv": LFByteTransformer(**{**SMALL, "chunk_size": 32}, num_experts=1, short_conv=4),
         "gpt": GPT(seq_len=32, embed_dim=32, num_layers=2, num_heads=2),
     }
     for model in models.values():
@@ -90,10 +92,11 @@ def test_incremental_logits_equal_full_forward_at_every_step(name: str, prompt_l
 
 
 @pytest.mark.slow
-def test_compiled_decoding_step_equals_the_eager_one_across_a_slide() -> None:
+@pytest.mark.parametrize("name", ["lfbyte-moe", "lfbyte-short-conv"])
+def test_compiled_decoding_step_equals_the_eager_one_across_a_slide(name: str) -> None:
     """``Decoder(compile=True)``: one fullgraph-compiled graph (position as a tensor, the MoE's experts gathered
     on the device instead of read on the host) serves every position, and gives the eager step's logits."""
-    model, keep = MODELS["lfbyte-moe"], 12
+    model, keep = MODELS[name], 12
     history = torch.randint(0, 256, (45 + 40,), generator=torch.Generator().manual_seed(2)).tolist()
     eager, compiled = Decoder(model, keep=keep), Decoder(model, keep=keep, compile=True)
     feeds = [history[:45]] + [[tok] for tok in history[45:]]

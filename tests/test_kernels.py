@@ -122,7 +122,7 @@ def test_where_fla_can_run_auto_takes_it_and_torch_forces_the_reference(
     torch.testing.assert_close(step, step_ref, rtol=1e-5, atol=1e-5)
     assert [(name, c["T"], c["scale"], c["output_final_state"]) for name, c in fake_fla.calls] == [
         ("chunk", 37, 1.0, True), ("recurrent", 1, 1.0, True)]  # keys arrive pre-scaled: scale 1
-    assert fake_fla.calls[0][1]["initial_state"] is None and fake_fla.calls[1][1]["initial_state"] is state
+    assert fake_fla.calls[0][1]["initial_state"] is None and fake_fla.calls[1][1]["initial_state"] is state[0]
     assert [r.getMessage() for r in caplog.records if r.name == LOGGER] == [
         "token mixing: pure-torch decay_mix (model.mixer_kernel=torch)",
         "token mixing: fused fla kernels (fla-core 9.9) on cpu"]

@@ -259,3 +259,25 @@ def test_keys_older_runs_recorded_but_nothing_read_are_not_a_change() -> None:
     old = {"data": {"kind": "text", "path": None}, "optimizer": {"name": "adamw", "lr": 1e-3}}
     assert config_changes(old, new) == {}
     assert config_changes(old, {**new, "optimizer": {"lr": 2e-3}}) == {"optimizer.lr": [1e-3, 2e-3]}
+
+
+def test_a_run_from_before_short_conv_resumes_and_a_short_conv_model_is_another_model(tmp_path: Path) -> None:
+    from lfbyte.checkpoint import save_checkpoint
+    from lfbyte.config import to_plain
+    from lfbyte.rundir import check_resume
+
+    cfg = to_plain(compose_cfg("model=tiny", "trainer.device=cpu"))
+    old = json.loads(json.dumps(cfg))
+    del old["model"]["short_conv"]  # what every run recorded before the key existed
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump(old))
+    model = build_model(old["model"])
+    path = save_checkpoint({"model_state_dict": model.state_dict(), "config": old, "trainer_state": {"step": 1}},
+                           run / "checkpoints", step=1, keep_last=1)
+    same = {**cfg, "trainer": {**cfg["trainer"], "resume": str(path)}}
+    assert cfg["model"]["short_conv"] == 0
+    assert not [key for key in check_resume(same, run) if key.startswith("model.")]  # the same model
+    other = {**same, "model": {**cfg["model"], "short_conv": 4}}
+    with pytest.raises(ConfigError, match=r"different model \(model.short_conv: 0 -> 4"):
+        check_resume(other, run)

@@ -189,8 +189,12 @@ class LFByteTransformer(nn.Module):
         per_layer = (2 * d * a + 2 * a * cfg.conv_size) if r else 0  # conditioner
         per_layer += 2 * d * (proj_out + r) + 2 * a * r + 2 * r * proj_out  # adaptive in_proj
         per_layer += 2 * 2 * d * self.blocks[0].mixer.short_conv  # short convolution over k, v
-        per_layer += 4 * C * d + 4 * d * dh  # intra-chunk mixing + chunk states / inter-chunk read
-        per_layer += 2 * math.ceil((seq_len or cfg.seq_len) / C) * d * dh // C  # combining chunk states
+        T = seq_len or cfg.seq_len
+        if T <= C:  # one chunk, unpadded: the masked T×T mixing and the state at its end
+            per_layer += 4 * T * d + 2 * d * dh
+        else:
+            per_layer += 4 * C * d + 4 * d * dh  # intra-chunk mixing + chunk states / inter-chunk read
+            per_layer += 2 * math.ceil(T / C) * d * dh // C  # combining chunk states
         per_layer += 2 * d * d  # out_proj
         ffn = self.blocks[0].ffn
         if isinstance(ffn, MixtureOfExperts):
