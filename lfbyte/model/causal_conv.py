@@ -6,7 +6,7 @@ Bytes before the first one are zeros, or the cache of the last ``K-1`` inputs wh
 
 Training runs it as shifted multiply-adds with a hand-written backward: at these widths (16-192 channels,
 64 positions) a CPU ``conv1d`` or autograd through padded slices spends most of its time allocating and
-copying (``experiments/cpu_speed/causal_conv.md``).
+copying (``experiments/cpu_speed/short_conv.md``).
 """
 
 from __future__ import annotations

@@ -51,9 +51,7 @@ def decay_mix(
     cum = rearrange(log_decay.float(), "b h (n c) -> b h n c", c=chunk_size).cumsum(-1)
 
     # Within chunks: exact masked mixing with decay exp(L_i - L_j) for j <= i.
-    causal = torch.ones(chunk_size, chunk_size, dtype=torch.bool, device=q.device).tril()
-    diff = (cum[..., :, None] - cum[..., None, :]).masked_fill(~causal, -math.inf)
-    scores = einsum(q, k, "b h n i d, b h n j d -> b h n i j") * diff.exp()
+    scores = einsum(q, k, "b h n i d, b h n j d -> b h n i j") * _decay_matrix(cum)
     out = einsum(scores.to(v.dtype), v, "b h n i j, b h n j e -> b h n i e")
 
     # Each chunk's contribution to the state at its own end.
@@ -78,14 +76,18 @@ def decay_mix(
     return out, new_state
 
 
+def _decay_matrix(cum: Tensor) -> Tensor:
+    """``exp(L_i - L_j)`` for ``j <= i`` and 0 above the diagonal, from cumulative log-decays ``cum`` (..., c)."""
+    c = cum.shape[-1]
+    causal = torch.ones(c, c, dtype=torch.bool, device=cum.device).tril()
+    return (cum[..., :, None] - cum[..., None, :]).masked_fill(~causal, -math.inf).exp()
+
+
 def _one_chunk(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, state: Tensor | None) -> tuple[Tensor, Tensor]:
-    """decay_mix for ``t <= chunk_size``: no padding and no chunk states to combine, ~1.3x faster fwd+bwd at
-    t = 64 on a CPU core than four chunks of 16 (``experiments/cpu_speed/short_conv.md``)."""
-    t = q.shape[2]
+    """decay_mix for ``t <= chunk_size``: no padding and no chunk states to combine (a training step of the
+    2-minute recipe 0.92-0.97x as long as with four chunks of 16, ``experiments/cpu_speed/short_conv.md``)."""
     cum = log_decay.float().cumsum(-1)  # L_i
-    causal = torch.ones(t, t, dtype=torch.bool, device=q.device).tril()
-    diff = (cum[..., :, None] - cum[..., None, :]).masked_fill(~causal, -math.inf)
-    out = ((q @ k.transpose(-1, -2)) * diff.exp()).to(v.dtype) @ v  # exp(L_i - L_j) (q_i·k_j) v_j, j <= i
+    out = ((q @ k.transpose(-1, -2)) * _decay_matrix(cum)).to(v.dtype) @ v  # exp(L_i - L_j) (q_i·k_j) v_j, j <= i
     last = cum[..., -1:]
     new_state = ((k * (last - cum).exp()[..., None].to(k.dtype)).transpose(-1, -2) @ v).float()
     if state is not None:  # the carried state, decayed to each position
@@ -116,7 +118,7 @@ class TokenMixing(nn.Module):
     ``short_conv=K`` (> 1) passes keys and values through a depthwise causal convolution of the last ``K`` bytes
     and SiLU before mixing (as GLA/Mamba-style mixers do for q, k, v), so a key and its value describe the few
     bytes ending at a position, not one byte alone; 0 or 1: none. Queries stay per byte: at `tiny`, 2 minutes,
-    convolving k, v gave 2.256 val bits/byte (2 seeds), q, k, v 2.270 at 12 % fewer steps, none 2.291
+    convolving k, v gave 2.256 val bits/byte (2 seeds), q, k, v 2.270 at 21 % fewer steps, none 2.291
     (``experiments/compare/short_conv``). The decoding state is then the mixing state plus the last ``K-1``
     projected keys and values.
     """
