@@ -189,6 +189,9 @@ def validate(cfg: dict[str, Any]) -> None:
                    f"model.top_k={m['top_k']} must be <= model.num_experts={m['num_experts']}")
     _check(p, is_number(m.get("dropout", 0.0)) and 0 <= m.get("dropout", 0.0) < 1,
            f"model.dropout={m.get('dropout')!r} must be in [0, 1)")
+    if m.get("attn_dropout") is not None:
+        _check(p, is_number(m["attn_dropout"]) and 0 <= m["attn_dropout"] < 1,
+               f"model.attn_dropout={m['attn_dropout']!r} must be in [0, 1), or null for model.dropout")
     if "mlp_ratio" in m:
         _check(p, is_number(m["mlp_ratio"]) and 0 < m["mlp_ratio"] <= 1024,
                f"model.mlp_ratio={m['mlp_ratio']!r} must be a number in (0, 1024]")

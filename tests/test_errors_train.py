@@ -68,6 +68,11 @@ def test_bad_command_lines_are_one_line(tmp_path: Path, text_file: Path, args: l
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+def test_a_bad_attention_dropout_is_one_line(tmp_path: Path, text_file: Path) -> None:
+    proc = _cli(tmp_path, text_file, "model.attn_dropout=1.5", model="gpt_tiny")
+    assert_one_error(proc, "error: model.attn_dropout=1.5 must be in [0, 1), or null for model.dropout")
+
+
 @pytest.mark.parametrize(
     ("override", "line"),
     [

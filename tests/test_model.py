@@ -260,3 +260,15 @@ def test_num_parameters_without_embeddings_leaves_out_the_lookup_tables(arch: st
         model = build_model({**base, "pos_encoding": "learned", "tie_embeddings": tied})
         left_out = model.num_parameters() - model.num_parameters(exclude_embeddings=True)
         assert left_out == pos_table + (0 if tied else vocab_table)  # a tied table is the head's matmul weight
+
+
+@pytest.mark.parametrize(("attn_dropout", "dropped"), [(None, True), (0.0, False), (0.25, True)])
+def test_gpt_attention_dropout_defaults_to_dropout_and_can_be_turned_off(attn_dropout: float | None,
+                                                                        dropped: bool) -> None:
+    # attn_dropout=0 keeps residual dropout only (LFByteTransformer's placement): attention is then deterministic
+    torch.manual_seed(0)
+    model = GPT(embed_dim=32, num_layers=1, num_heads=2, seq_len=16, dropout=0.5, attn_dropout=attn_dropout)
+    attn, x = model.blocks[0].attn, torch.randn(2, 16, 32)
+    train_out = attn.train()(x, None, None)[0]
+    eval_out = attn.eval()(x, None, None)[0]
+    assert torch.equal(train_out, eval_out) is not dropped

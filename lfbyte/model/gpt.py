@@ -27,6 +27,9 @@ class GPTConfig:
     num_heads: int = 4
     mlp_ratio: float = 4.0
     dropout: float = 0.0
+    # on the attention weights; None: `dropout` (nanoGPT's placement). 0: residual dropout only, as
+    # LFByteTransformer places it, and the CPU keeps SDPA's fused kernel (with dropout it takes a slower path)
+    attn_dropout: float | None = None
     pos_encoding: str = "learned"
     tie_embeddings: bool = True
     vocab_size: int = VOCAB_SIZE
@@ -42,7 +45,8 @@ class KVCache:
 class Attention(nn.Module):
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
-        self.num_heads, self.dropout = cfg.num_heads, cfg.dropout
+        self.num_heads = cfg.num_heads
+        self.dropout = cfg.dropout if cfg.attn_dropout is None else cfg.attn_dropout
         self.qkv = nn.Linear(cfg.embed_dim, 3 * cfg.embed_dim, bias=False)
         self.out_proj = nn.Linear(cfg.embed_dim, cfg.embed_dim, bias=False)
 
