@@ -324,7 +324,8 @@ def write_markdown(jobs: list[Job], rows: list[dict[str, Any]], swept: list[str]
     lines.append(f"{len(jobs)} jobs: {len(jobs) - failed} finished, {failed} failed, incomplete or not started.")
     if ok:
         best = min(ok, key=lambda j: j.value("val_bpb"))
-        desc = ", ".join(f"{k}={_fmt_value(best.overrides.get(k, ''))}" for k in swept) or best.name
+        # only what this job set: a queue's jobs set different keys, and "key=" for the rest reads as a value
+        desc = ", ".join(f"{k}={_fmt_value(best.overrides[k])}" for k in swept if k in best.overrides) or best.name
         # a queue's folders (experiments/run_queue.sh) have no job number: name the folder (found under sweep_dir)
         which = f"job {best.num}" if best.num is not None else f"`{best.path.relative_to(sweep_dir)}`"
         lines.append(f"Best: {which} ({desc}) at {best.value('val_bpb'):.4f} val bits/byte.")
@@ -370,9 +371,10 @@ class Group:
         vals = [v for j in self.finished if (v := _with_derived(j).get(key)) is not None and is_number(v)]
         return sum(vals) / len(vals) if vals else None
 
-    def label(self, keys: list[str] | None = None) -> str:
+    def label(self, keys: list[str] | None = None, empty: str = "all jobs") -> str:
         keys = list(self.settings) if keys is None else keys
-        return " ".join(f"{_short(k)}={_fmt_value(self.settings[k])}" for k in keys) or "all jobs"
+        # a key this group's jobs did not set ("" in settings) is left out, not printed as "key="
+        return " ".join(f"{_short(k)}={_fmt_value(self.settings[k])}" for k in keys if self.settings[k] != "") or empty
 
 
 def group_by_seed(jobs: list[Job], swept: list[str]) -> list[Group]:
@@ -496,7 +498,7 @@ def group_markdown(groups: list[Group], key: str | None, vs: dict[str, str] | No
         assert s is not None
         who = f"Best for {key}={name}" if key else "Best overall"
         shown = [k for k in keys if k != key]
-        setting = f"{g.label(shown)} — " if shown else ""
+        setting = f"{label} — " if (label := g.label(shown, empty="")) else ""
         lines.append(f"{who}: {setting}{s.mean:.4f} ± {s.std:.4f} val bits/byte (n={s.n}).")
     pairs = comparisons(groups, key, vs)
     if pairs:
@@ -521,7 +523,7 @@ def _short(key: str) -> str:
 
 
 def _label(job: Job, keys: list[str]) -> str:
-    return " ".join(f"{_short(k)}={_fmt_value(job.overrides.get(k, ''))}" for k in keys) or job.name
+    return " ".join(f"{_short(k)}={_fmt_value(job.overrides[k])}" for k in keys if k in job.overrides) or job.name
 
 
 MAX_CURVES = 12  # more lines than this are unreadable: the best groups by mean are drawn

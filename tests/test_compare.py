@@ -190,3 +190,23 @@ def test_report_rejects_an_unknown_baseline(tuned_sweep: Path, capsys: pytest.Ca
     assert len(err) == 1 and err[0].startswith("error: --vs model=nope matches no group")
     assert report_main([str(tuned_sweep), "--vs", "nokey", "--no-plot"]) == 2
     assert "must be KEY=VALUE" in capsys.readouterr().err
+
+
+def test_report_names_only_the_overrides_the_best_job_set(tmp_path: Path) -> None:
+    # a screen's jobs set different keys; the best one's description must not list the others as "key="
+    sweep = tmp_path / "screen"
+    _job(sweep, "base/seed1", {"experiment": "r", "seed": 1}, 2.1)
+    _job(sweep, "lr/seed1", {"experiment": "r", "optimizer.lr": 5e-3, "seed": 1}, 2.0)
+    _job(sweep, "drop/seed1", {"experiment": "r", "model.dropout": 0.1, "seed": 1}, 2.2)
+    report(sweep, plot=False)
+    best = next(line for line in (sweep / "report.md").read_text().splitlines() if line.startswith("Best:"))
+    assert best == "Best: `lr/seed1` (optimizer.lr=0.005) at 2.0000 val bits/byte.", best
+    # seed groups: the GPT group did not set model.embed_dim, so its "Best for" line names no setting
+    sweep = tmp_path / "pairs"
+    for seed in (1, 2):
+        _job(sweep, f"lf/seed{seed}", {"experiment": "lf", "model.embed_dim": 96, "seed": seed}, 2.0 + seed / 100)
+        _job(sweep, f"gpt/seed{seed}", {"experiment": "gpt", "seed": seed}, 2.1 + seed / 100)
+    report(sweep, plot=False)
+    lines = [line for line in (sweep / "report.md").read_text().splitlines() if line.startswith("Best for")]
+    assert sorted(lines) == ["Best for experiment=gpt: 2.1150 ± 0.0071 val bits/byte (n=2).",
+                             "Best for experiment=lf: embed_dim=96 — 2.0150 ± 0.0071 val bits/byte (n=2)."], lines
