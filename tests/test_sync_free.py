@@ -149,8 +149,12 @@ def _tiny(arch: str) -> torch.nn.Module:
     torch.manual_seed(0)
     if arch == "gpt":
         return GPT(seq_len=32, embed_dim=32, num_layers=2, num_heads=2)
-    model = LFByteTransformer(seq_len=32, embed_dim=32, num_layers=2, num_heads=2, adapt_dim=8, adapt_rank=4,
-                              chunk_size=8, num_experts=4, top_k=2)
+    if arch == "lfbyte-recipe":  # the 10-minute recipe's form, which trains compiled: dense, short conv, one chunk
+        model = LFByteTransformer(seq_len=32, embed_dim=32, num_layers=2, num_heads=2, adapt_dim=8, adapt_rank=4,
+                                  chunk_size=32, num_experts=1, short_conv=4)
+    else:
+        model = LFByteTransformer(seq_len=32, embed_dim=32, num_layers=2, num_heads=2, adapt_dim=8, adapt_rank=4,
+                                  chunk_size=8, num_experts=4, top_k=2)
     for mod in model.modules():  # make the adaptive path live (its up-projection starts at zero)
         if isinstance(mod, AdaptiveLinear):
             torch.nn.init.normal_(mod.up, std=0.05)
@@ -158,7 +162,7 @@ def _tiny(arch: str) -> torch.nn.Module:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch", ["lfbyte", "gpt"])
+@pytest.mark.parametrize("arch", ["lfbyte", "lfbyte-recipe", "gpt"])
 def test_the_model_compiles_as_one_graph_and_matches_eager(arch: str) -> None:
     """``torch.compile(fullgraph=True)``: any graph break (a host read, an untraceable call) is an error.
     fp32 training (forward and backward; the MoE's grouped matmuls through ``lfbyte::grouped_mm``, as torch.compile
