@@ -149,12 +149,11 @@ def _tiny(arch: str) -> torch.nn.Module:
     torch.manual_seed(0)
     if arch == "gpt":
         return GPT(seq_len=32, embed_dim=32, num_layers=2, num_heads=2)
-    if arch == "lfbyte-recipe":  # the 10-minute recipe's form, which trains compiled: dense, short conv, one chunk
-        model = LFByteTransformer(seq_len=32, embed_dim=32, num_layers=2, num_heads=2, adapt_dim=8, adapt_rank=4,
-                                  chunk_size=32, num_experts=1, short_conv=4)
-    else:
-        model = LFByteTransformer(seq_len=32, embed_dim=32, num_layers=2, num_heads=2, adapt_dim=8, adapt_rank=4,
-                                  chunk_size=8, num_experts=4, top_k=2)
+    # "lfbyte-recipe": the recipes' form (dense, short conv, one chunk), trained compiled on the AMX host
+    # (experiments/compare/amx_host); "lfbyte": chunked mixing and a routed MoE
+    form = ({"chunk_size": 32, "num_experts": 1, "short_conv": 4} if arch == "lfbyte-recipe"
+            else {"chunk_size": 8, "num_experts": 4, "top_k": 2})
+    model = LFByteTransformer(seq_len=32, embed_dim=32, num_layers=2, num_heads=2, adapt_dim=8, adapt_rank=4, **form)
     for mod in model.modules():  # make the adaptive path live (its up-projection starts at zero)
         if isinstance(mod, AdaptiveLinear):
             torch.nn.init.normal_(mod.up, std=0.05)
