@@ -373,9 +373,12 @@ def _side_by_side(page, runs: dict) -> None:
 def _stop_and_escapes(page) -> None:
     page.locator("#max-length input").fill(str(CAP))
     page.locator("#submit").click()
-    page.wait_for_function("(n) => document.querySelector('#output-a textarea').value.length > n && "
-                           "document.querySelector('#output-b textarea').value.length > n",
-                           arg=len(PROMPT) + 20, timeout=60_000)
+    # wait on the stats, not the text: the panes still hold the previous 40-byte answer, which would pass a
+    # length check before this run has sampled anything (Stop then lands on "0 of 2,000 bytes")
+    page.wait_for_function("([cap, n]) => ['a', 'b'].every((p) => { const m = document.querySelector("
+                           "`#stats-${p}`).innerText.match(/([\\d,]+) of ([\\d,]+) bytes/); "
+                           "return m && m[2] === cap && Number(m[1].replaceAll(',', '')) >= n; })",
+                           arg=[f"{CAP:,}", 20], timeout=60_000)
     page.locator("#stop").click()
     time.sleep(0.5)
     kept = [_value(page, f"#output-{p} textarea") for p in ("a", "b")]
