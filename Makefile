@@ -1,6 +1,5 @@
-# make train   — set up .venv (first time) and train the 2-minute recipe (the tuned LFByteTransformer for that
-#                budget) on the embedded default corpus: recipe_2min_amx (compiled, bf16) on a CPU with AMX, where
-#                that measured 1.7x faster steps, recipe_2min (eager fp32) elsewhere; RECIPE=... picks another
+# make train   — set up .venv (first time) and train the 2-minute recipe (experiment=recipe_2min, the tuned
+#                LFByteTransformer for that budget) on the embedded default corpus; RECIPE=... picks another
 # make test    — set up .venv (first time), lint, and run the whole test suite (fast, then slow)
 # TORCH=...    — the torch requirement; the default pin takes the CPU wheel on CPU-only dev boxes.
 #                On a GPU machine: make setup TORCH=torch   (pulls the CUDA build)
@@ -8,7 +7,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 TORCH  ?= torch==2.13.0
 PY      = $(VENV)/bin/python
-RECIPE ?= $(if $(shell grep -qw amx_bf16 /proc/cpuinfo 2>/dev/null && echo amx),recipe_2min_amx,recipe_2min)
+RECIPE ?= recipe_2min
 
 .PHONY: setup train test test-fast lint clean
 
