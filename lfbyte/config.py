@@ -36,6 +36,9 @@ CHECKED_GROUPS = ("data", "optimizer", "distributed", "trainer", "logger")
 TOP_LEVEL = ("model", *CHECKED_GROUPS, "seed")
 KEYS_HINT = "python -m lfbyte.train --cfg job prints every key"
 MAX_SEED = 2**63 - 2**16  # torch seeds are 64-bit; each rank adds its rank
+# An evaluation sample is decoded byte by byte inside the training loop (and in lockstep on every rank when
+# sharded), so it has to stay short: 16 KiB took 10 s (tiny) to 39 s (small) on one CPU thread.
+MAX_SAMPLE_LENGTH = 16_384
 
 
 def to_plain(cfg: DictConfig | dict) -> dict[str, Any]:
@@ -214,8 +217,9 @@ def validate(cfg: dict[str, Any]) -> None:
     _check(p, t.get("stop_at_step") is None or is_int(t.get("stop_at_step")),
            f"trainer.stop_at_step={t.get('stop_at_step')!r} must be null or an integer >= 1")
     p += filter(None, [threads_problem(t.get("num_threads"), "trainer.num_threads")])
-    _check(p, is_int(t["sample_length"], 0), f"trainer.sample_length={t.get('sample_length')!r} must be an "
-                                                      "integer >= 0 (0: no samples)")
+    _check(p, is_int(t["sample_length"], 0) and t["sample_length"] <= MAX_SAMPLE_LENGTH,
+           f"trainer.sample_length={t.get('sample_length')!r} must be an integer in 0..{MAX_SAMPLE_LENGTH} (0: no "
+           "samples); longer texts: python -m lfbyte.generate run_dir=... max_length=N")
     _check(p, t.get("peak_tflops") is None or (is_number(t["peak_tflops"]) and t["peak_tflops"] > 0),
            f"trainer.peak_tflops={t.get('peak_tflops')!r} must be null or TFLOP/s > 0")
     for key in ("compile", "progress", "overwrite", "allow_changes", "check_memory"):

@@ -83,7 +83,8 @@ def test_a_bad_attention_dropout_is_one_line(tmp_path: Path, text_file: Path) ->
                                    f"1..{usable_cpus()} (this machine's cores)"),
         ("trainer.stop_at_step=abc", "trainer.stop_at_step='abc' must be null or an integer >= 1"),
         ("trainer.peak_tflops=abc", "trainer.peak_tflops='abc' must be null or TFLOP/s > 0"),
-        ("trainer.sample_length=-5", "trainer.sample_length=-5 must be an integer >= 0 (0: no samples)"),
+        *[(f"trainer.sample_length={v}", f"trainer.sample_length={v} must be an integer in 0..16384 (0: no samples); "
+           "longer texts: python -m lfbyte.generate run_dir=... max_length=N") for v in (-5, 16385)],
         ("trainer.compile=maybe", "trainer.compile='maybe' must be true or false"),
         ("distributed.backend=bogus", "distributed.backend='bogus' must be one of ['auto', 'gloo', 'nccl']"),
         ("distributed.master_port=99999",

@@ -3,19 +3,29 @@
     python experiments/cpu_speed/compile_step.py recipe_2min_mini trainer.compile=true     # from the repo root
     python experiments/cpu_speed/compile_step.py recipe_2min_mini_gpt [trainer.compile=true]
 """
-import sys, time, torch, tempfile
+
+import sys
+import tempfile
+import time
+
+import torch
+
 sys.path.insert(0, ".")
-from tests.conftest import compose_cfg
-from lfbyte.config import to_plain, validate
-from lfbyte.trainer import Trainer
+from lfbyte.config import to_plain, validate  # noqa: E402 - after the repo root joins the path
+from lfbyte.trainer import Trainer  # noqa: E402
+from tests.conftest import compose_cfg  # noqa: E402
+
 torch.set_num_threads(1)
-exp = sys.argv[1]; extra = sys.argv[2:]
-cfg = to_plain(compose_cfg(f"experiment={exp}", "trainer.num_threads=1", "trainer.sample_length=0", "trainer.progress=false", *extra))
+exp, extra = sys.argv[1], sys.argv[2:]
+cfg = to_plain(compose_cfg(f"experiment={exp}", "trainer.num_threads=1", "trainer.sample_length=0",
+                           "trainer.progress=false", *extra))
 validate(cfg)
 tr = Trainer(cfg, tempfile.mkdtemp())
 t = time.perf_counter()
-for _ in range(3): tr.train_step(1e-3)
+for _ in range(3):
+    tr.train_step(1e-3)
 print(exp, extra, "first 3 steps s", round(time.perf_counter() - t, 1))
 t = time.perf_counter()
-for _ in range(20): tr.train_step(1e-3)
+for _ in range(20):
+    tr.train_step(1e-3)
 print(exp, extra, "ms/step", round((time.perf_counter() - t) / 20 * 1e3, 1))
