@@ -9,6 +9,7 @@ import math
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -210,3 +211,55 @@ def test_report_names_only_the_overrides_the_best_job_set(tmp_path: Path) -> Non
     lines = [line for line in (sweep / "report.md").read_text().splitlines() if line.startswith("Best for")]
     assert sorted(lines) == ["Best for experiment=gpt: 2.1150 ± 0.0071 val bits/byte (n=2).",
                              "Best for experiment=lf: embed_dim=96 — 2.0150 ± 0.0071 val bits/byte (n=2)."], lines
+
+
+# ------------------------------------------------------------------ the same bytes at every context
+def _same_bytes_module() -> object:
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "compare" / "eval_same_bytes.py"
+    spec = importlib.util.spec_from_file_location("eval_same_bytes", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _tiny_run(root: Path, arch: str, seq_len: int, corpus: Path) -> Path:
+    from lfbyte.checkpoint import save_checkpoint
+
+    cfg = {"model": {**model_preset("gpt_tiny" if arch == "gpt" else "tiny"), "seq_len": seq_len, "embed_dim": 16},
+           "data": {"path": str(corpus), "val_fraction": 0.1}}
+    torch.manual_seed(0)
+    run = root / f"{arch}{seq_len}"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    save_checkpoint({"model_state_dict": build_model(cfg["model"]).state_dict(), "config": cfg,
+                     "trainer_state": {"step": 1}}, run / "checkpoints", step=1, keep_last=1)
+    return run
+
+
+def test_eval_same_bytes_scores_one_set_of_bytes_whatever_the_context(tmp_path: Path, text_file: Path) -> None:
+    from lfbyte.data import load_corpus, split_corpus
+    from lfbyte.runs import load_run
+
+    same = _same_bytes_module()
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_bytes(text_file.read_bytes()[:20_000])
+    torch.set_num_threads(1)
+    scores = {}
+    for arch, seq_len in (("gpt", 16), ("lf", 16), ("lf", 48)):
+        run = _tiny_run(tmp_path, arch, seq_len, corpus)
+        scores[arch, seq_len] = same.score(run, 16, 64, 8)
+    assert {n for _, n, _ in scores.values()} == {scores["gpt", 16][1]} and scores["gpt", 16][1] > 1000
+    assert [s for _, _, s in scores.values()] == [16, 16, 48]
+    # at seq_len == block every position of each window is scored: the trainer's own loss on those windows
+    run = load_run(tmp_path / "lf16", device="cpu")
+    data = load_corpus(str(corpus))
+    _, val = split_corpus(data, 0.1, 16)
+    firsts = np.arange(val.lo + 64, val.hi - 16 + 1, 16)
+    tok = torch.from_numpy(data.tokens(firsts[:, None] - 1 + np.arange(17)))
+    with torch.no_grad():
+        direct = float(run.model.eval()(tok[:, :-1], tok[:, 1:]).loss) / math.log(2)
+    assert scores["lf", 16][0] == pytest.approx(direct, rel=1e-5)
+    with pytest.raises(SystemExit, match="seq_len 48 needs"):
+        same.score(tmp_path / "lf48", 16, 16, 8)  # 32 bytes of context do not fit before byte 16
