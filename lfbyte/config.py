@@ -204,6 +204,10 @@ def validate(cfg: dict[str, Any]) -> None:
 
     for key in ("batch_size", "accumulation_steps", "eval_interval", "eval_windows", "log_interval", "keep_last"):
         _check(p, is_int(t.get(key)), f"trainer.{key}={t.get(key)!r} must be an integer >= 1")
+    es, sl = t.get("eval_scored"), m.get("seq_len")
+    _check(p, es is None or (is_int(es) and (not is_int(sl) or es <= sl)),
+           f"trainer.eval_scored={es!r} must be null or an integer in 1..model.seq_len ({sl!r}): the bytes scored "
+           "at the end of each validation window")
     for key in ("epochs", "max_steps", "checkpoint_interval"):
         _check(p, t.get(key) is None or is_int(t.get(key)), f"trainer.{key}={t.get(key)!r} must be null or an integer >= 1")
     _check(p, t.get("max_time") is None or (is_number(t["max_time"]) and t["max_time"] > 0),

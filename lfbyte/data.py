@@ -251,7 +251,14 @@ class WindowSampler:
         self.rng.bit_generator.state = state["bit_generator"]
 
 
-def eval_windows(split: Split, seq_len: int, max_windows: int) -> np.ndarray:
-    """Fixed, evenly spaced validation windows, so every evaluation sees the same bytes."""
-    count = max(1, min(max_windows, (len(split) - 1) // seq_len))
-    return split.lo + np.linspace(0, len(split) - seq_len - 1, count).astype(np.int64)
+def eval_windows(split: Split, seq_len: int, max_windows: int, scored: int | None = None) -> np.ndarray:
+    """Starts of fixed, evenly spaced validation windows (``seq_len + 1`` bytes), so every evaluation sees the same bytes.
+
+    With ``scored``, only the last ``scored`` targets of each window count, and those blocks sit where they would for
+    ``seq_len == scored``: every context length is scored on the same bytes, a longer one with more of the past in front
+    of each block (the first blocks' context may reach back into the training split; no training byte is scored).
+    ``scored == seq_len`` places windows exactly as ``scored=None`` does."""
+    block = seq_len if scored is None else scored
+    count = max(1, min(max_windows, (len(split) - 1) // block))
+    firsts = split.lo + 1 + np.linspace(0, len(split) - block - 1, count).astype(np.int64)  # first scored byte
+    return firsts - 1 - (seq_len - block)

@@ -27,7 +27,7 @@ from typing import Any, NoReturn
 
 import yaml
 
-from .config import is_number
+from .config import is_int, is_number
 from .errors import ConfigError, LFByteError, print_error
 from .stats import Summary, summarize, welch
 
@@ -48,6 +48,7 @@ class Job:
     metrics: dict[str, Any]
     curve: list[dict[str, Any]] = field(default_factory=list)  # metrics.jsonl rows that hold val_bpb
     error: str = ""
+    scored: tuple[int, int] | None = None  # which validation bytes val_bpb scores (see scored_bytes)
 
     @property
     def name(self) -> str:
@@ -184,7 +185,19 @@ def read_job(job_dir: Path) -> Job:
     if "parameters" not in metrics:
         metrics["parameters"] = _count_parameters(job_dir)
     curve = [r for r in rows if is_number(r.get("val_bpb"))]  # a null or hand-edited value is not a point
-    return Job(job_dir, num, overrides, status, metrics, curve, error)
+    return Job(job_dir, num, overrides, status, metrics, curve, error, scored_bytes(job_dir))
+
+
+def scored_bytes(job_dir: Path) -> tuple[int, int] | None:
+    """Which validation bytes a job's val_bpb scores: (bytes scored per window, windows); None when its config.yaml
+    is unreadable. On one corpus, jobs whose pairs differ were scored on different bytes."""
+    try:
+        cfg = _read_yaml(job_dir / "config.yaml")
+        t, m = cfg.get("trainer"), cfg.get("model")
+        scored, windows = (t.get("eval_scored") or m.get("seq_len"), t.get("eval_windows"))
+    except (Unreadable, AttributeError):  # no file, or not a mapping of mappings
+        return None
+    return (scored, windows) if is_int(scored) and is_int(windows) else None
 
 
 def _count_parameters(job_dir: Path) -> int | None:
@@ -423,6 +436,10 @@ class Comparison:
             beyond = test.p < ALPHA
             verdict = "**beyond the seed spread**" if beyond else "within the seed noise"
             t, df, p = f"{test.t:.2f}", f"{test.df:.1f}", f"{test.p:.3g}"
+        blocks = {j.scored for j in self.a.finished + self.b.finished if j.scored is not None}
+        if len(blocks) > 1:  # e.g. seq_len 64 vs 128: the trainer scored each on its own windows
+            verdict += (" — ⚠ not the same validation bytes (bytes scored per window, windows: "
+                        f"{' vs '.join(map(str, sorted(blocks)))}): train both with one trainer.eval_scored")
         return [self.why, self.a.label(keys), self.b.label(keys), f"{sa.mean - sb.mean:+.4f}",
                 f"{sa.mean / sb.mean:.3f}×", t, df, p, verdict]
 

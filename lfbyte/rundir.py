@@ -24,8 +24,8 @@ HISTORY = "config_history.jsonl"
 # not how its weights are made. Everything else in the model is refused; the rest needs allow_changes.
 FREE_TO_CHANGE = (
     "trainer.resume", "trainer.overwrite", "trainer.allow_changes", "trainer.check_memory", "trainer.progress",
-    "trainer.log_interval", "trainer.eval_interval", "trainer.eval_windows", "trainer.sample_length",
-    "trainer.sample_prompt", "trainer.num_threads", "trainer.device", "trainer.compile",
+    "trainer.log_interval", "trainer.eval_interval", "trainer.eval_windows", "trainer.eval_scored",
+    "trainer.sample_length", "trainer.sample_prompt", "trainer.num_threads", "trainer.device", "trainer.compile",
     "trainer.checkpoint_interval", "trainer.keep_last", "trainer.save_path", "trainer.epochs", "trainer.max_steps",
     "trainer.max_time", "trainer.stop_at_step", "trainer.on_nonfinite", "trainer.max_skipped_steps",
     "trainer.peak_tflops", "data.cache_dir", "distributed.master_addr", "distributed.master_port",
@@ -37,7 +37,7 @@ FREE_TO_CHANGE = (
 RETIRED_KEYS = ("data.kind", "optimizer.name")
 # Keys added since runs were recorded, with the value that builds the model those runs trained: a config without
 # one means that value (a resume of such a run, or a comparison with it, is not a change).
-ADDED_KEYS = {"model.short_conv": 0, "model.attn_dropout": None}
+ADDED_KEYS = {"model.short_conv": 0, "model.attn_dropout": None, "trainer.eval_scored": None}
 # Model keys that change how the model trains, not what it is (its weights load either way).
 MODEL_TRAINING_KEYS = ("model.dropout", "model.attn_dropout", "model.chunk_size", "model.mixer_kernel")
 CHOICES = ("trainer.resume=auto to continue it, trainer.overwrite=true to move it aside and start fresh, "

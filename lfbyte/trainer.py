@@ -277,7 +277,8 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         self.model.eval()
-        starts = eval_windows(self.val_split, self.seq_len, int(self.tc["eval_windows"]))
+        scored = self.tc.get("eval_scored") or self.seq_len  # the last `scored` targets of each window count
+        starts = eval_windows(self.val_split, self.seq_len, int(self.tc["eval_windows"]), scored)
         mine = starts[self.info.rank :: self.info.world_size]
         total = torch.zeros(2, dtype=torch.float64, device=self.device)
         # a sharded forward is a collective: every rank runs as many batches as the busiest one (an idle
@@ -287,11 +288,14 @@ class Trainer:
         for i in range(0, batches * self.batch_size, self.batch_size):
             chunk = mine[i : i + self.batch_size]
             x, y = self.sampler.read(chunk if len(chunk) else starts[:1])
+            if scored < self.seq_len:
+                y = y.clone()  # y shares storage with x
+                y[:, : self.seq_len - scored] = -1  # context only: not scored
             with autocast(self.device, self.precision):
                 out = self.model(x.to(self.device), y.to(self.device))
             if len(chunk):
-                total[0] += out.loss.double() * y.numel()
-                total[1] += y.numel()
+                total[0] += out.loss.double() * y.shape[0] * scored
+                total[1] += y.shape[0] * scored
         all_reduce(total)
         self.model.train()
         val_loss = (total[0] / total[1]).item()

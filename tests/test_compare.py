@@ -263,3 +263,67 @@ def test_eval_same_bytes_scores_one_set_of_bytes_whatever_the_context(tmp_path: 
     assert scores["lf", 16][0] == pytest.approx(direct, rel=1e-5)
     with pytest.raises(SystemExit, match="seq_len 48 needs"):
         same.score(tmp_path / "lf48", 16, 16, 8)  # 32 bytes of context do not fit before byte 16
+
+
+def test_eval_windows_score_the_same_bytes_at_every_context(text_file: Path) -> None:
+    from lfbyte.data import eval_windows, load_corpus, split_corpus
+
+    data = load_corpus(str(text_file))
+    _, val = split_corpus(data, 0.1, 128)
+    for seq_len in (16, 48):  # scored == seq_len: the windows every run was scored on before eval_scored, bit for bit
+        before = val.lo + np.linspace(0, len(val) - seq_len - 1, 50).astype(np.int64)
+        assert (eval_windows(val, seq_len, 50, seq_len) == before).all()
+        assert (eval_windows(val, seq_len, 50) == before).all()
+    scored_bytes = {}
+    for seq_len in (16, 48, 128):
+        starts = eval_windows(val, seq_len, 50, scored=16)
+        assert starts.max() + seq_len + 1 <= val.hi
+        firsts = starts + 1 + seq_len - 16  # the first scored target of each window
+        assert firsts.min() >= val.lo and len(firsts) == 50 and np.diff(firsts).min() >= 16  # disjoint blocks
+        scored_bytes[seq_len] = firsts.tolist()
+    assert scored_bytes[16] == scored_bytes[48] == scored_bytes[128]
+
+
+def test_trainer_scores_only_the_last_eval_scored_bytes(tmp_path: Path, text_file: Path) -> None:
+    from lfbyte.data import eval_windows, load_corpus, split_corpus
+    from lfbyte.runs import load_run
+    from lfbyte.train import train
+
+    from .conftest import compose_cfg, tiny_overrides
+
+    run_dir = tmp_path / "run"
+    result = train(compose_cfg(*tiny_overrides(text_file, **{
+        "model.seq_len": 48, "trainer.eval_scored": 16, "trainer.eval_windows": 12, "trainer.max_steps": 2,
+        "trainer.eval_interval": 2, "trainer.sample_length": 0})), run_dir)
+    assert result["status"] == "completed"
+    run = load_run(run_dir, device="cpu")
+    data = load_corpus(str(text_file))
+    _, val = split_corpus(data, float(run.config["data"]["val_fraction"]), 48)
+    starts = eval_windows(val, 48, 12, scored=16)
+    tok = torch.from_numpy(data.tokens(starts[:, None] + np.arange(49)))
+    with torch.no_grad():
+        logits = run.model.eval()(tok[:, :-1]).logits[:, -16:]
+    direct = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), tok[:, -16:].flatten()).item()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["val_loss"] == pytest.approx(direct, rel=1e-5)
+
+
+def test_report_warns_when_compared_runs_were_scored_on_different_bytes(tmp_path: Path) -> None:
+    def sweep(name: str, lf_cfg: dict, gpt_cfg: dict) -> str:
+        root = tmp_path / name
+        for model, cfg in (("lf", lf_cfg), ("gpt", gpt_cfg)):
+            for seed, bpb in enumerate([2.0, 2.01] if model == "lf" else [2.2, 2.21], start=1):
+                _job(root, f"{model}/seed{seed}", {"model": model, "seed": seed}, bpb)
+                (root / model / f"seed{seed}" / "config.yaml").write_text(yaml.safe_dump(cfg))
+        report(root, plot=False)
+        return next(line for line in (root / "report.md").read_text().splitlines()
+                    if line.startswith("| best per model"))
+
+    own = sweep("own", {"model": {"seq_len": 128}, "trainer": {"eval_windows": 256, "eval_scored": None}},
+                {"model": {"seq_len": 64}, "trainer": {"eval_windows": 256}})  # an older run: no eval_scored
+    assert "not the same validation bytes" in own and "(64, 256) vs (128, 256)" in own
+    (tmp_path / "own" / "gpt" / "seed1" / "config.yaml").write_text("trainer: [1, 2]\n")  # unreadable: no claim
+    report(tmp_path / "own", plot=False)
+    same = sweep("same", {"model": {"seq_len": 128}, "trainer": {"eval_windows": 256, "eval_scored": 64}},
+                 {"model": {"seq_len": 64}, "trainer": {"eval_windows": 256, "eval_scored": None}})
+    assert "beyond the seed spread" in same and "not the same" not in same

@@ -85,6 +85,8 @@ def test_a_bad_attention_dropout_is_one_line(tmp_path: Path, text_file: Path) ->
         ("trainer.peak_tflops=abc", "trainer.peak_tflops='abc' must be null or TFLOP/s > 0"),
         *[(f"trainer.sample_length={v}", f"trainer.sample_length={v} must be an integer in 0..16384 (0: no samples); "
            "longer texts: python -m lfbyte.generate run_dir=... max_length=N") for v in (-5, 16385)],
+        *[(f"trainer.eval_scored={v}", f"trainer.eval_scored={v} must be null or an integer in 1..model.seq_len (64): "
+           "the bytes scored at the end of each validation window") for v in (0, 65)],
         ("trainer.compile=maybe", "trainer.compile='maybe' must be true or false"),
         ("distributed.backend=bogus", "distributed.backend='bogus' must be one of ['auto', 'gloo', 'nccl']"),
         ("distributed.master_port=99999",

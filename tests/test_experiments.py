@@ -289,6 +289,8 @@ def test_budget_recipes_are_single_runs_with_a_time_budget(recipe: str) -> None:
     minutes = int(recipe.split("_")[1].removesuffix("min"))
     assert plain["trainer"]["max_time"] == 60 * minutes and plain["trainer"]["epochs"] is None
     assert (plain["model"]["arch"] == "gpt") == recipe.endswith("_gpt")
+    # every recipe, at any context, is scored on the same validation bytes as the others
+    assert (plain["trainer"]["eval_scored"], plain["trainer"]["eval_windows"]) == (64, 256)
     with torch.device("meta"):
         build_model(plain["model"])
 

@@ -5,7 +5,10 @@ longer context is scored on other bytes, and with more context per byte. This sc
 the validation split from byte ``--offset`` on, in blocks of ``--block`` bytes, each block predicted with the
 ``seq_len - block`` bytes before it as context (positions before the block are masked out of the loss). A run at
 ``seq_len == block`` is scored exactly as its windows are trained; a longer one sees more of the past, which is what
-its longer context buys. Runs must share the corpus and ``data.val_fraction``.
+its longer context buys. Runs must share the corpus and ``data.val_fraction``. This scores runs already trained, on
+every block from ``--offset`` on (about 1,300 on the default corpus). Since 2026-12-03 the trainer can score this way
+during training, ``trainer.eval_scored`` (64 in ``trainer=budget``), but on ``trainer.eval_windows`` evenly spaced
+blocks: its numbers are comparable across contexts, not equal to this script's.
 
     python experiments/compare/eval_same_bytes.py outputs/multirun/amx_2min_ctx/*/seed*      # from the repo root
 """

@@ -164,10 +164,12 @@ def run_quality(base: dict, bc: dict, out_dir: Path) -> list[dict[str, Any]]:
     from ..train import train
 
     rows = []
+    # every model scored on the same validation bytes, whatever its context: the shortest one's blocks
+    scored = min(int(model_config(name)["seq_len"]) for name in bc["models"])
     for name in bc["models"]:
         cfg = train_config(
             base, name, max_time=float(bc["budget_s"]), epochs=None, max_steps=None,
-            eval_interval=10**9, eval_windows=int(bc["eval_windows"]), checkpoint_interval=None,
+            eval_interval=10**9, eval_windows=int(bc["eval_windows"]), eval_scored=scored, checkpoint_interval=None,
         )
         print(f"quality {name}: training for {bc['budget_s']} s", file=sys.stderr, flush=True)
         with contextlib.redirect_stdout(sys.stderr):  # stdout stays the tables alone
