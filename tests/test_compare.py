@@ -323,7 +323,11 @@ def test_report_warns_when_compared_runs_were_scored_on_different_bytes(tmp_path
                 {"model": {"seq_len": 64}, "trainer": {"eval_windows": 256}})  # an older run: no eval_scored
     assert "not the same validation bytes" in own and "(64, 256) vs (128, 256)" in own
     (tmp_path / "own" / "gpt" / "seed1" / "config.yaml").write_text("trainer: [1, 2]\n")  # unreadable: no claim
-    report(tmp_path / "own", plot=False)
+    report(tmp_path / "own", plot=False)  # from its other seed the gpt group is still known to score (64, 256)
+    assert "(64, 256) vs (128, 256)" in (tmp_path / "own" / "report.md").read_text()
+    (tmp_path / "own" / "gpt" / "seed2" / "config.yaml").write_text("trainer: [1, 2]\n")
+    report(tmp_path / "own", plot=False)  # nothing readable on one side: no warning claimed either way
+    assert "not the same validation bytes" not in (tmp_path / "own" / "report.md").read_text()
     same = sweep("same", {"model": {"seq_len": 128}, "trainer": {"eval_windows": 256, "eval_scored": 64}},
                  {"model": {"seq_len": 64}, "trainer": {"eval_windows": 256, "eval_scored": None}})
     assert "beyond the seed spread" in same and "not the same" not in same
