@@ -16,6 +16,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from .byte_lm import VOCAB_SIZE, ModelOutput, count_parameters, merge_config, next_byte_loss
+from .dropout import Dropout
 from .positional import PositionalEncoding
 
 
@@ -74,7 +75,7 @@ class GPTBlock(nn.Module):
         self.attn = Attention(cfg)
         hidden = int(cfg.mlp_ratio * d)
         self.mlp = nn.Sequential(nn.Linear(d, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, d))
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
 
     def forward(self, x: Tensor, k: Tensor | None, v: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
         a, k, v = self.attn(self.norm1(x), k, v)
@@ -90,7 +91,7 @@ class GPT(nn.Module):
         self.config = cfg = merge_config(GPTConfig, config, overrides, "GPT")
         self.embed = nn.Embedding(cfg.vocab_size, cfg.embed_dim)
         self.pos = PositionalEncoding(cfg.embed_dim, cfg.seq_len, cfg.pos_encoding)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(GPTBlock(cfg) for _ in range(cfg.num_layers))
         self.norm = nn.LayerNorm(cfg.embed_dim)
         self.head = nn.Linear(cfg.embed_dim, cfg.vocab_size, bias=False)

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from .adaptive import CausalConditioner
 from .byte_lm import VOCAB_SIZE, ModelOutput, count_parameters, merge_config, next_byte_loss
 from .channel_mixing import ChannelMixing
+from .dropout import Dropout
 from .moe import MixtureOfExperts, RouterStats
 from .positional import PositionalEncoding
 from .token_mixing import MixState, TokenMixing
@@ -82,7 +83,7 @@ class LFBlock(nn.Module):
             )
         else:
             self.ffn = ChannelMixing(d, cfg.hidden)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
 
     def forward(
         self, x: Tensor, conv: Tensor | None, mix: MixState | None, losses: bool = True
@@ -110,7 +111,7 @@ class LFByteTransformer(nn.Module):
         d = cfg.embed_dim
         self.embed = nn.Embedding(cfg.vocab_size, d)
         self.pos = PositionalEncoding(d, cfg.seq_len, cfg.pos_encoding)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(LFBlock(cfg) for _ in range(cfg.num_layers))
         self.norm = nn.LayerNorm(d, bias=False)
         self.head = nn.Linear(d, cfg.vocab_size, bias=False)
