@@ -7,26 +7,19 @@ Prints the first 3 steps' seconds (compilation, when compiled) and the best of t
 """
 
 import sys
-import tempfile
 import time
 
-import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, ".")
+from compile_step import one_thread_trainer  # noqa: E402 - this folder (the script's) is on the path
+
 import lfbyte.model.dropout  # noqa: E402 - after the repo root joins the path
-from lfbyte.config import to_plain, validate  # noqa: E402
-from lfbyte.trainer import Trainer  # noqa: E402
-from tests.conftest import compose_cfg  # noqa: E402
 
 mask, exp, extra = sys.argv[1], sys.argv[2], sys.argv[3:]
 if mask == "nn":  # what the models used before lfbyte/model/dropout.py: one float per element
     lfbyte.model.dropout.dropout = lambda x, p, training=True: F.dropout(x, p, training)
-torch.set_num_threads(1)
-cfg = to_plain(compose_cfg(f"experiment={exp}", "trainer.num_threads=1", "trainer.sample_length=0",
-                           "trainer.progress=false", *extra))
-validate(cfg)
-tr = Trainer(cfg, tempfile.mkdtemp())
+tr = one_thread_trainer(exp, extra)
 t = time.perf_counter()
 for _ in range(3):
     tr.train_step(1e-3)

@@ -8,7 +8,6 @@ by self CPU time over 20 steps.
 """
 
 import sys
-import tempfile
 
 import torch
 import torch._inductor.config
@@ -16,16 +15,10 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, ".")
 torch._inductor.config.cpp.enable_kernel_profile = True
-from lfbyte.config import to_plain, validate  # noqa: E402 - after the repo root joins the path
-from lfbyte.trainer import Trainer  # noqa: E402
-from tests.conftest import compose_cfg  # noqa: E402
+from compile_step import one_thread_trainer  # noqa: E402 - this script's folder is on the path
 
 exp, extra = sys.argv[1], sys.argv[2:]
-torch.set_num_threads(1)
-cfg = to_plain(compose_cfg(f"experiment={exp}", "trainer.num_threads=1", "trainer.sample_length=0",
-                           "trainer.progress=false", *extra))
-validate(cfg)
-tr = Trainer(cfg, tempfile.mkdtemp())
+tr = one_thread_trainer(exp, extra)
 for _ in range(5):
     tr.train_step(1e-3)
 with profile(activities=[ProfilerActivity.CPU]) as prof:
