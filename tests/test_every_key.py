@@ -159,6 +159,8 @@ def _train_once(corpus: Path, key: str, value: str) -> None:
 def _train_cli(corpus: Path, key: str, value: str) -> None:
     from .conftest import cli_env
 
+    if "\x00" in value:  # no shell can put a NUL byte in an argument: execve refuses it before lfbyte runs
+        return
     args = ["model=tiny", f"data.path={corpus}", "trainer.max_steps=1", "trainer.epochs=null", "trainer.batch_size=2",
             "trainer.eval_windows=2", "trainer.sample_length=0", f"{key}={value}"]
     proc = subprocess.run([sys.executable, "-m", "lfbyte.train", *args], cwd=os.getcwd(), env=cli_env(),
