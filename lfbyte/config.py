@@ -180,8 +180,12 @@ def validate(cfg: dict[str, Any]) -> None:
         if "adapt_rank" in m:
             _check(p, is_int(m["adapt_rank"], lo=0),
                    f"model.adapt_rank={m['adapt_rank']!r} must be an integer >= 0 (0: no adaptive part)")
-        if "data_decay" in m:
-            _check(p, isinstance(m["data_decay"], bool), f"model.data_decay={m['data_decay']!r} must be true or false")
+        for key in ("data_decay", "channel_decay"):
+            if key in m:
+                _check(p, isinstance(m[key], bool), f"model.{key}={m[key]!r} must be true or false")
+        _check(p, not (m.get("channel_decay") is True and m.get("mixer_kernel") == "fla"),
+               "model.channel_decay=true runs on the pure-torch mixer only (fla's simple-GLA kernels "
+               "take one decay per head): use model.mixer_kernel=auto or torch")
         if "mixer_kernel" in m:
             from .model.kernels import MIXER_KERNELS
 

@@ -53,6 +53,8 @@ MODELS = [  # every preset, plus the ablations and a length that is no multiple 
     ("mini", {"conv_size": 1}), ("mini", {"seq_len": 100}), ("gpt_mini", {"seq_len": 100}),
     ("tiny", {"num_experts": 1, "short_conv": 4, "chunk_size": 64}),  # recipe_2min: one chunk, short convolution
     ("tiny", {"seq_len": 40, "chunk_size": 64}),  # a context shorter than one chunk is not padded to it
+    ("tiny", {"num_experts": 1, "short_conv": 4, "seq_len": 256, "chunk_size": 64, "channel_decay": True}),
+    ("tiny", {"seq_len": 40, "chunk_size": 64, "channel_decay": True}),  # one chunk: no state to read in
 ]
 
 

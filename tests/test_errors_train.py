@@ -88,6 +88,10 @@ def test_a_bad_attention_dropout_is_one_line(tmp_path: Path, text_file: Path) ->
         *[(f"trainer.eval_scored={v}", f"trainer.eval_scored={v} must be null or an integer in 1..model.seq_len (64): "
            "the bytes scored at the end of each validation window") for v in (0, 65)],
         ("trainer.compile=maybe", "trainer.compile='maybe' must be true or false"),
+        ("model.channel_decay=maybe", "model.channel_decay='maybe' must be true or false"),
+        ("model.mixer_kernel=fla model.channel_decay=true",
+         "model.channel_decay=true runs on the pure-torch mixer only (fla's simple-GLA kernels take one decay per "
+         "head): use model.mixer_kernel=auto or torch"),
         ("distributed.backend=bogus", "distributed.backend='bogus' must be one of ['auto', 'gloo', 'nccl']"),
         ("distributed.master_port=99999",
          "distributed.master_port=99999 must be null (a free port) or an integer in 1..65535"),
@@ -96,7 +100,7 @@ def test_a_bad_attention_dropout_is_one_line(tmp_path: Path, text_file: Path) ->
 )
 def test_every_value_is_checked_before_data_is_read(override: str, line: str) -> None:
     with pytest.raises(ConfigError) as info:
-        validate(to_plain(compose_cfg("model=tiny", override)))
+        validate(to_plain(compose_cfg("model=tiny", *override.split())))
     assert str(info.value) == line
 
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from lfbyte import GPT, LFByteTransformer
-from lfbyte.model import AdaptiveLinear, MixtureOfExperts, TokenMixing, build_model, decay_mix
+from lfbyte.model import AdaptiveLinear, MixtureOfExperts, TokenMixing, build_model, channel_decay_mix, decay_mix
 from lfbyte.model.causal_conv import causal_conv_silu
 
 TINY = dict(seq_len=96, embed_dim=64, num_layers=2, num_heads=4, adapt_dim=16, adapt_rank=8, chunk_size=16)
@@ -20,6 +22,7 @@ def _models() -> list[nn.Module]:
         LFByteTransformer(**TINY, num_experts=4, top_k=2),
         LFByteTransformer(**TINY, num_experts=1),
         LFByteTransformer(**TINY, num_experts=1, short_conv=4),
+        LFByteTransformer(**TINY, num_experts=1, short_conv=4, channel_decay=True),
         GPT(seq_len=96, embed_dim=64, num_layers=2, num_heads=4),
     ]
 
@@ -31,7 +34,7 @@ def _perturb_adaptive(model: nn.Module) -> None:
             nn.init.normal_(mod.up, std=0.05)
 
 
-@pytest.mark.parametrize("model", _models(), ids=["lfbyte-moe", "lfbyte-dense", "lfbyte-short-conv", "gpt"])
+@pytest.mark.parametrize("model", _models(), ids=["lfbyte-moe", "lfbyte-dense", "lfbyte-short-conv", "lfbyte-channel-decay", "gpt"])
 def test_causal_future_bytes_do_not_change_past_logits(model: nn.Module) -> None:
     _perturb_adaptive(model)
     model.eval()
@@ -43,7 +46,7 @@ def test_causal_future_bytes_do_not_change_past_logits(model: nn.Module) -> None
     assert (a[:, 50:] - b[:, 50:]).abs().max() > 1e-3  # and the future does matter where it should
 
 
-@pytest.mark.parametrize("model", _models(), ids=["lfbyte-moe", "lfbyte-dense", "lfbyte-short-conv", "gpt"])
+@pytest.mark.parametrize("model", _models(), ids=["lfbyte-moe", "lfbyte-dense", "lfbyte-short-conv", "lfbyte-channel-decay", "gpt"])
 def test_incremental_decoding_equals_full_forward(model: nn.Module) -> None:
     _perturb_adaptive(model)
     model.eval()
@@ -97,6 +100,60 @@ def test_decay_mix_matches_naive_recurrence(chunk_size: int, carried: bool) -> N
     torch.testing.assert_close(s_end, s, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("t", [1, 7, 16, 41])  # one byte, inside one chunk, exactly one chunk, padded chunks
+@pytest.mark.parametrize("carried", [False, True])
+def test_channel_decay_mix_matches_naive_recurrence(t: int, carried: bool) -> None:
+    torch.manual_seed(0)
+    b, h, dk, dv = 2, 3, 8, 5
+    q, k, v = torch.randn(b, h, t, dk), torch.randn(b, h, t, dk), torch.randn(b, h, t, dv)
+    log_decay = -torch.rand(b, h, t, dk) * torch.rand(1, 1, 1, dk)  # channels of different speeds, up to γ = 1/e
+    s0 = torch.randn(b, h, dk, dv) if carried else torch.zeros(b, h, dk, dv)
+    out, s_end = channel_decay_mix(q, k, v, log_decay, chunk_size=16, state=s0 if carried else None)
+    s, ref = s0.clone(), []
+    for i in range(t):
+        s = log_decay[:, :, i, :, None].exp() * s + k[:, :, i, :, None] * v[:, :, i, None, :]
+        ref.append(torch.einsum("bhd,bhde->bhe", q[:, :, i], s))
+    torch.testing.assert_close(out, torch.stack(ref, 2), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(s_end, s, atol=1e-4, rtol=1e-4)
+
+
+def test_channel_decay_mix_with_equal_channels_is_decay_mix() -> None:
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 2, 150, 8), torch.randn(2, 2, 150, 8), torch.randn(2, 2, 150, 8)
+    log_decay = -torch.rand(2, 2, 150)
+    per_channel = channel_decay_mix(q, k, v, log_decay[..., None].expand(-1, -1, -1, 8), chunk_size=64)
+    for a, b in zip(per_channel, decay_mix(q, k, v, log_decay, chunk_size=64), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_channel_decay_stays_finite_at_its_fastest_decay(dtype: torch.dtype) -> None:
+    """Every channel at the clamp (γ = 1/e per byte) over a full 64-byte chunk of large keys: the factorised
+    exponents reach e^±32, and output and gradients stay finite."""
+    torch.manual_seed(0)
+    mixer = TokenMixing(dim=32, num_heads=2, adapt_dim=8, adapt_rank=4, seq_len=256, chunk_size=64,
+                        channel_decay=True)
+    with torch.no_grad():
+        mixer.decay_bias.fill_(30.0)  # softplus far above 1: the clamp decides
+    x = (10 * torch.randn(2, 200, 32)).requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        y, _ = mixer(x, torch.randn(2, 200, 8))
+    y.float().square().mean().backward()
+    assert torch.isfinite(y).all() and torch.isfinite(x.grad).all()
+    assert all(torch.isfinite(p.grad).all() for p in mixer.parameters() if p.grad is not None)
+
+
+def test_channel_decay_spreads_each_heads_channels_over_the_context() -> None:
+    mixer = TokenMixing(dim=32, num_heads=2, adapt_dim=8, adapt_rank=4, seq_len=256, channel_decay=True)
+    half_lives = math.log(2) / F.softplus(mixer.decay_bias.detach().double())
+    assert half_lives.shape == (2, 16)
+    for head in half_lives:
+        torch.testing.assert_close(head[[0, -1]], torch.tensor([1.0, 256.0], dtype=torch.double), rtol=1e-5, atol=0)
+    with pytest.raises(ValueError, match="pure-torch mixer only"):
+        TokenMixing(dim=32, num_heads=2, adapt_dim=8, adapt_rank=4, seq_len=256, channel_decay=True,
+                    mixer_kernel="fla")
+
+
 @pytest.mark.parametrize("kernel_size", [1, 2, 4])
 def test_causal_conv_is_conv1d_with_its_own_backward_and_continues_from_its_cache(kernel_size: int) -> None:
     torch.manual_seed(0)
@@ -122,6 +179,16 @@ def test_token_mixing_mixes_positions_not_only_features() -> None:
     moved, _ = mixer(x2, c)
     assert (moved[:, 10] - base[:, 10]).abs().max() > 1e-4  # a later position sees it
     torch.testing.assert_close(moved[:, :3], base[:, :3])  # earlier ones do not
+
+
+@pytest.mark.parametrize("num_heads", [1, 2, 4])
+def test_initial_half_lives_span_one_byte_to_the_context(num_heads: int) -> None:
+    """Heads start with half-lives from 1 byte to seq_len (geometric); a single head starts in the middle, not at
+    1 byte, where it would forget each byte at the next."""
+    mixer = TokenMixing(dim=32, num_heads=num_heads, adapt_dim=8, adapt_rank=4, seq_len=256)
+    half_lives = math.log(2) / F.softplus(mixer.decay_bias.detach().double())
+    expected = [16.0] if num_heads == 1 else [256 ** (i / (num_heads - 1)) for i in range(num_heads)]
+    torch.testing.assert_close(half_lives, torch.tensor(expected, dtype=torch.double), rtol=1e-5, atol=0)
 
 
 def test_moe_equals_dense_reference_with_same_routing() -> None:

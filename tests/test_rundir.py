@@ -261,14 +261,17 @@ def test_keys_older_runs_recorded_but_nothing_read_are_not_a_change() -> None:
     assert config_changes(old, {**new, "optimizer": {"lr": 2e-3}}) == {"optimizer.lr": [1e-3, 2e-3]}
 
 
-def test_a_run_from_before_short_conv_resumes_and_a_short_conv_model_is_another_model(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("key", "value"), [("short_conv", 4), ("channel_decay", True)])
+def test_a_run_from_before_a_model_key_resumes_and_setting_it_makes_another_model(
+    tmp_path: Path, key: str, value: object
+) -> None:
     from lfbyte.checkpoint import save_checkpoint
     from lfbyte.config import to_plain
     from lfbyte.rundir import check_resume
 
     cfg = to_plain(compose_cfg("model=tiny", "trainer.device=cpu"))
     old = json.loads(json.dumps(cfg))
-    del old["model"]["short_conv"]  # what every run recorded before the key existed
+    default = old["model"].pop(key)  # what every run recorded before the key existed
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.yaml").write_text(yaml.safe_dump(old))
@@ -276,8 +279,7 @@ def test_a_run_from_before_short_conv_resumes_and_a_short_conv_model_is_another_
     path = save_checkpoint({"model_state_dict": model.state_dict(), "config": old, "trainer_state": {"step": 1}},
                            run / "checkpoints", step=1, keep_last=1)
     same = {**cfg, "trainer": {**cfg["trainer"], "resume": str(path)}}
-    assert cfg["model"]["short_conv"] == 0
-    assert not [key for key in check_resume(same, run) if key.startswith("model.")]  # the same model
-    other = {**same, "model": {**cfg["model"], "short_conv": 4}}
-    with pytest.raises(ConfigError, match=r"different model \(model.short_conv: 0 -> 4"):
+    assert not [k for k in check_resume(same, run) if k.startswith("model.")]  # the same model
+    other = {**same, "model": {**cfg["model"], key: value}}
+    with pytest.raises(ConfigError, match=rf"different model \(model.{key}: {default} -> {value}"):
         check_resume(other, run)

@@ -7,7 +7,7 @@ from .gpt import GPT, GPTConfig
 from .lfbyte import DecodeState, LFByteConfig, LFByteTransformer
 from .moe import MixtureOfExperts, RouterStats
 from .positional import PositionalEncoding
-from .token_mixing import TokenMixing, decay_mix
+from .token_mixing import TokenMixing, channel_decay_mix, decay_mix
 
 __all__ = [
     "BYTE_VOCAB",
@@ -26,6 +26,7 @@ __all__ = [
     "PositionalEncoding",
     "RouterStats",
     "TokenMixing",
+    "channel_decay_mix",
     "decay_mix",
 ]
 

@@ -43,6 +43,7 @@ class LFByteConfig:
     moe_z_weight: float = 0.001
     chunk_size: int = 64
     data_decay: bool = True  # False: one fixed decay per head (the ablation without data-dependent decay)
+    channel_decay: bool = False  # a decay rate per key channel, spread within each head (TokenMixing)
     short_conv: int = 0  # window of TokenMixing's causal conv + SiLU on k, v; 0: none (checkpoints before it)
     mixer_kernel: str = "auto"  # what computes token mixing (model/kernels.py): auto | torch | fla; same maths
     dropout: float = 0.0
@@ -74,7 +75,7 @@ class LFBlock(nn.Module):
         self.conditioner = CausalConditioner(d, cfg.adapt_dim, cfg.conv_size) if cfg.adapt_rank else None
         self.mixer = TokenMixing(
             d, cfg.num_heads, cfg.adapt_dim, cfg.adapt_rank, cfg.seq_len, cfg.chunk_size, cfg.data_decay,
-            cfg.mixer_kernel, cfg.short_conv,
+            cfg.mixer_kernel, cfg.short_conv, cfg.channel_decay,
         )
         if cfg.num_experts > 1:
             hidden = max(64, cfg.hidden // cfg.top_k)

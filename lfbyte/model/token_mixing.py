@@ -96,6 +96,69 @@ def _one_chunk(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, state: Tensor
     return out, new_state
 
 
+MIN_LOG_DECAY = -1.0  # per-channel decay: γ >= 1/e per byte (half-life >= 0.69 bytes), which bounds the chunk's
+# factorised exponents below (|L_i - L_mid| <= 32 at 64 positions: e^±32 factors, e^64 at most in masked products)
+CHANNEL_CHUNK = 64  # the most positions per chunk that bound allows
+
+
+def channel_decay_mix(
+    q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, chunk_size: int, state: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """:func:`decay_mix` with a decay per key channel: ``S_t = diag(γ_t) S_{t-1} + k_t v_tᵀ``, ``o_t = q_t S_t``.
+
+    q, k: (b, h, t, dk); v: (b, h, t, dv); log_decay: (b, h, t, dk), each in ``[MIN_LOG_DECAY, 0]``; state:
+    (b, h, dk, dv) or None. Within a chunk the decay between positions i >= j, ``exp(L_i - L_j)`` per channel, is
+    split as ``exp(L_i - R) · exp(R - L_j)`` around the chunk's middle ``R`` and folded into q and k, so the
+    chunk's mixing stays two matmuls (GLA's factorisation; the bound on log γ keeps both factors finite).
+    Across chunks, as in :func:`decay_mix`, with the decay matrix per channel.
+    """
+    b, h, t, dk = q.shape
+    if t == 1:  # one new byte: the recurrence itself
+        dtype = v.dtype
+        q, k, v = q.float(), k.float(), v.float()
+        new_state = k.transpose(-1, -2) * v  # k vᵀ: (b, h, dk, dv)
+        if state is not None:
+            new_state = new_state + log_decay.float().exp().transpose(-1, -2) * state.float()
+        return (q.transpose(-1, -2) * new_state).sum(-2, keepdim=True).to(dtype), new_state
+    c = min(chunk_size, CHANNEL_CHUNK, t)
+    pad = (-t) % c
+    if pad:  # zero keys and zero log-decay leave the carried state untouched
+        q, k, v, log_decay = (F.pad(x, (0, 0, 0, pad)) for x in (q, k, v, log_decay))
+    q, k, v = (rearrange(x, "b h (n c) d -> b h n c d", c=c) for x in (q, k, v))
+    cum = rearrange(log_decay.float(), "b h (n c) d -> b h n c d", c=c).cumsum(-2)  # L_i per channel
+
+    # Within chunks: (q_i e^{L_i - R}) · (k_j e^{R - L_j}) = q_i · k_j e^{L_i - L_j}, kept for j <= i. One exp over
+    # the (b, h, t, dk) decays serves every factor below; the others are per chunk.
+    mid = cum[..., c // 2 : c // 2 + 1, :]
+    grow = (cum - mid).exp()
+    q_in, k_in = q * grow.to(q.dtype), k * grow.reciprocal().to(k.dtype)
+    causal = torch.ones(c, c, dtype=torch.bool, device=q.device).tril()
+    scores = einsum(q_in, k_in, "b h n i d, b h n j d -> b h n i j").masked_fill(~causal, 0)
+    out = einsum(scores.to(v.dtype), v, "b h n i j, b h n j e -> b h n i e")
+
+    # Each chunk's state at its own end, and the state entering each chunk.
+    last = cum[..., -1, :]  # (b, h, n, dk): each chunk's total log-decay per channel
+    k_to_end = k_in * (last[..., None, :] - mid).exp().to(k.dtype)  # k_j e^{L_last - L_j}
+    chunk_states = einsum(k_to_end, v, "b h n c d, b h n c e -> b h n d e").float()
+    n = last.shape[-2]
+    if n == 1 and state is None:  # one chunk from zeros (a context of at most one chunk): nothing flows in
+        return out[:, :, 0, :t], chunk_states[:, :, 0]
+    total = last.cumsum(-2)  # G_n
+    before = total - last  # G_{n-1}
+    earlier = torch.ones(n, n, dtype=torch.bool, device=q.device).tril(-1)[..., None]
+    weights = (before[..., :, None, :] - total[..., None, :, :]).masked_fill(~earlier, -math.inf).exp()
+    states_in = einsum(weights, chunk_states, "b h n m d, b h m d e -> b h n d e")
+    if state is not None:
+        states_in = states_in + before.exp()[..., None] * state[:, :, None].float()
+    # q_i e^{L_i} = (q_i e^{L_i - R}) e^R, folded into the state it reads: one small scale per chunk and channel
+    states_in = states_in * mid.transpose(-1, -2).exp()
+    out = out + einsum(q_in, states_in.to(q.dtype), "b h n c d, b h n d e -> b h n c e")
+
+    new_state = states_in[:, :, -1] * (last - mid[..., 0, :])[:, :, -1, :, None].exp() + chunk_states[:, :, -1]
+    out = rearrange(out, "b h n c e -> b h (n c) e")[:, :, :t]
+    return out, new_state
+
+
 def mix_fn(choice: str, device: torch.device, dtype: torch.dtype) -> MixFn:
     """The decay_mix implementation for ``mixer_kernel=choice`` on ``device`` and ``dtype``
     (:func:`~lfbyte.model.kernels.kernel_name` decides: fla's fused kernels or the pure-torch reference)."""
@@ -108,7 +171,7 @@ class TokenMixing(nn.Module):
     One AdaptiveLinear produces per-head queries, keys, values, an output gate and a
     data-dependent decay ``γ_t = exp(-softplus(a_t + β_h))`` whose per-head bias
     ``β_h`` spreads the initial half-lives from 1 to ~``seq_len`` bytes (short
-    heads see characters, long heads see sentences); ``data_decay=False`` keeps only
+    heads see characters, long heads see sentences; one head starts at ~``sqrt(seq_len)``); ``data_decay=False`` keeps only
     ``β_h`` (a fixed decay per head, the ablation). Each head mixes positions with
     :func:`decay_mix`; its output is RMS-normalised, gated by ``SiLU(gate)`` and
     projected back to the residual stream. ``mixer_kernel`` picks what computes the mixing
@@ -134,18 +197,28 @@ class TokenMixing(nn.Module):
         data_decay: bool = True,
         mixer_kernel: str = "auto",
         short_conv: int = 0,
+        channel_decay: bool = False,
     ) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"embed_dim={dim} must be divisible by num_heads={num_heads}")
         if mixer_kernel not in MIXER_KERNELS:
             raise ValueError(f"mixer_kernel={mixer_kernel!r} is not one of {MIXER_KERNELS}")
+        if channel_decay and mixer_kernel == "fla":
+            raise ValueError("channel_decay runs on the pure-torch mixer only (fla's simple-GLA kernels take one "
+                             "decay per head): use mixer_kernel=auto or torch")
         self.mixer_kernel = mixer_kernel
         self.dim, self.num_heads, self.head_dim = dim, num_heads, dim // num_heads
-        self.chunk_size, self.data_decay = chunk_size, data_decay
+        self.chunk_size, self.data_decay, self.channel_decay = chunk_size, data_decay, channel_decay
         proj_out = 4 * dim + (num_heads if data_decay else 0)  # q, k, v, gate (+ per-head decay input)
         self.in_proj = AdaptiveLinear(dim, proj_out, adapt_dim, adapt_rank, bias=False)
-        half_lives = torch.logspace(0, math.log2(max(seq_len, 2)), num_heads, base=2.0)
+        span = math.log2(max(seq_len, 2))  # heads spread from 1 byte to seq_len; one head sits in the middle
+        if channel_decay:  # every head spreads its key channels over the whole span instead
+            half_lives = torch.logspace(0, span, self.head_dim, base=2.0).expand(num_heads, -1).clone()
+        elif num_heads > 1:
+            half_lives = torch.logspace(0, span, num_heads, base=2.0)
+        else:
+            half_lives = torch.tensor([2 ** (span / 2)])
         rate = math.log(2) / half_lives  # -log γ at init
         self.decay_bias = nn.Parameter(torch.log(torch.expm1(rate)))  # softplus⁻¹
         self.head_norm = nn.RMSNorm(self.head_dim, eps=1e-5)
@@ -167,11 +240,19 @@ class TokenMixing(nn.Module):
         k, v = kv.split(self.dim, dim=-1)
         q, k, v = (rearrange(z, "b t (h d) -> b h t d", h=self.num_heads) for z in (q, k, v))
         k = k * self.head_dim**-0.5
-        if self.data_decay:
-            log_decay = rearrange(-F.softplus(proj[..., 4 * self.dim :].float() + self.decay_bias), "b t h -> b h t")
+        if self.channel_decay:  # per head: one data-dependent shift of every channel's rate
+            a = proj[..., 4 * self.dim :, None].float() if self.data_decay else 0.0
+            log_decay = (-F.softplus(a + self.decay_bias.float())).clamp(min=MIN_LOG_DECAY)
+            if not self.data_decay:
+                log_decay = log_decay[None, None].expand(x.shape[0], x.shape[1], -1, -1)
+            log_decay = rearrange(log_decay, "b t h d -> b h t d")
+            out, mix = channel_decay_mix(q, k, v, log_decay, self.chunk_size, mix)
         else:
-            log_decay = (-F.softplus(self.decay_bias.float()))[None, :, None].expand(x.shape[0], -1, x.shape[1])
-        out, mix = mix_fn(self.mixer_kernel, q.device, q.dtype)(q, k, v, log_decay, self.chunk_size, mix)
+            if self.data_decay:
+                log_decay = rearrange(-F.softplus(proj[..., 4 * self.dim :].float() + self.decay_bias), "b t h -> b h t")
+            else:
+                log_decay = (-F.softplus(self.decay_bias.float()))[None, :, None].expand(x.shape[0], -1, x.shape[1])
+            out, mix = mix_fn(self.mixer_kernel, q.device, q.dtype)(q, k, v, log_decay, self.chunk_size, mix)
         out = self.head_norm(out.to(x.dtype) if out.dtype != x.dtype else out)
         out = rearrange(out, "b h t d -> b t (h d)") * F.silu(gate)
         return self.out_proj(out), (mix, window)
