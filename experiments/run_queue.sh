@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs training jobs two at a time (one core each), in the order of a queue file whose lines are
 #   <run dir> <overrides...>          (blank lines and lines starting with # are skipped)
-# Jobs that already wrote metrics.json are skipped, so an interrupted queue resumes where it stopped.
+# Jobs whose metrics.json says completed are skipped, so an interrupted queue resumes where it stopped (a job
+# killed mid-run writes a metrics.json too, with another status: it runs again).
 # Each pair holds a lock that other timed work on the machine takes too (flock $LOCK <command>),
 # so no measurement shares the cores with a third process.
 #   bash experiments/run_queue.sh experiments/compare/queue_2min.txt
@@ -18,7 +19,7 @@ run() {  # run dir, overrides...
 pending=()
 for line in "${lines[@]}"; do
   read -r -a words <<< "$line"
-  [ -f "${words[0]}/metrics.json" ] || pending+=("$line")
+  grep -qs '"status": "completed"' "${words[0]}/metrics.json" || pending+=("$line")
 done
 for ((i = 0; i < ${#pending[@]}; i += 2)); do
   read -r -a a <<< "${pending[i]}"
