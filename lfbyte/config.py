@@ -183,9 +183,10 @@ def validate(cfg: dict[str, Any]) -> None:
         for key in ("data_decay", "channel_decay"):
             if key in m:
                 _check(p, isinstance(m[key], bool), f"model.{key}={m[key]!r} must be true or false")
-        _check(p, not (m.get("channel_decay") is True and m.get("mixer_kernel") == "fla"),
-               "model.channel_decay=true runs on the pure-torch mixer only (fla's simple-GLA kernels "
-               "take one decay per head): use model.mixer_kernel=auto or torch")
+        if m.get("channel_decay") is True and m.get("mixer_kernel") == "fla":
+            from .model.token_mixing import CHANNEL_DECAY_NO_FLA
+
+            _check(p, False, CHANNEL_DECAY_NO_FLA.format(p="model."))
         if "mixer_kernel" in m:
             from .model.kernels import MIXER_KERNELS
 

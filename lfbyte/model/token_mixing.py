@@ -99,6 +99,9 @@ def _one_chunk(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, state: Tensor
 MIN_LOG_DECAY = -1.0  # per-channel decay: γ >= 1/e per byte (half-life >= 0.69 bytes), which bounds the chunk's
 # factorised exponents below (|L_i - L_mid| <= 32 at 64 positions: e^±32 factors, e^64 at most in masked products)
 CHANNEL_CHUNK = 64  # the most positions per chunk that bound allows
+# why channel_decay refuses fla, for the constructor (prefix "") and the config check (prefix "model.")
+CHANNEL_DECAY_NO_FLA = ("{p}channel_decay=true runs on the pure-torch mixer only (fla's simple-GLA kernels take one "
+                        "decay per head): use {p}mixer_kernel=auto or torch")
 
 
 def channel_decay_mix(
@@ -205,8 +208,7 @@ class TokenMixing(nn.Module):
         if mixer_kernel not in MIXER_KERNELS:
             raise ValueError(f"mixer_kernel={mixer_kernel!r} is not one of {MIXER_KERNELS}")
         if channel_decay and mixer_kernel == "fla":
-            raise ValueError("channel_decay runs on the pure-torch mixer only (fla's simple-GLA kernels take one "
-                             "decay per head): use mixer_kernel=auto or torch")
+            raise ValueError(CHANNEL_DECAY_NO_FLA.format(p=""))
         self.mixer_kernel = mixer_kernel
         self.dim, self.num_heads, self.head_dim = dim, num_heads, dim // num_heads
         self.chunk_size, self.data_decay, self.channel_decay = chunk_size, data_decay, channel_decay
