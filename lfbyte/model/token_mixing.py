@@ -34,13 +34,7 @@ def decay_mix(
     """
     b, h, t, dk = q.shape
     if t == 1:  # one new byte (decoding): the recurrence itself is cheapest, in plain ops (no einsum parsing)
-        dtype = v.dtype
-        q, k, v = q.float(), k.float(), v.float()  # (b, h, 1, d): no copies when already fp32
-        new_state = k.transpose(-1, -2) * v  # k vᵀ: (b, h, dk, dv)
-        if state is not None:
-            new_state = new_state + log_decay.float().exp()[..., None] * state.float()
-        # q S as a broadcast product summed over dk: CPU bmm with one row per batch is several times slower
-        return (q.transpose(-1, -2) * new_state).sum(-2, keepdim=True).to(dtype), new_state
+        return _one_byte(q, k, v, log_decay[..., None], state)  # log γ as (b, h, 1, 1): every row of S
     if t <= chunk_size:  # one chunk (training at seq_len <= chunk_size): the masked decay matrix alone
         return _one_chunk(q, k, v, log_decay, state)
     pad = (-t) % chunk_size
@@ -74,6 +68,18 @@ def decay_mix(
     new_state = states_in[:, :, -1] * last[:, :, -1, None, None].exp() + chunk_states[:, :, -1]
     out = rearrange(out, "b h n c e -> b h (n c) e")[:, :, :t]
     return out, new_state
+
+
+def _one_byte(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, state: Tensor | None) -> tuple[Tensor, Tensor]:
+    """One step of ``S = γ S + k vᵀ``, ``o = q S``: q, k (b, h, 1, dk), v (b, h, 1, dv); ``log_decay`` broadcasts
+    over the state's (dk, dv) rows: (b, h, 1, 1) for one decay per head, (b, h, dk, 1) for one per key channel."""
+    dtype = v.dtype
+    q, k, v = q.float(), k.float(), v.float()  # no copies when already fp32
+    new_state = k.transpose(-1, -2) * v  # k vᵀ: (b, h, dk, dv)
+    if state is not None:
+        new_state = new_state + log_decay.float().exp() * state.float()
+    # q S as a broadcast product summed over dk: CPU bmm with one row per batch is several times slower
+    return (q.transpose(-1, -2) * new_state).sum(-2, keepdim=True).to(dtype), new_state
 
 
 def _decay_matrix(cum: Tensor) -> Tensor:
@@ -117,12 +123,7 @@ def channel_decay_mix(
     """
     b, h, t, dk = q.shape
     if t == 1:  # one new byte: the recurrence itself
-        dtype = v.dtype
-        q, k, v = q.float(), k.float(), v.float()
-        new_state = k.transpose(-1, -2) * v  # k vᵀ: (b, h, dk, dv)
-        if state is not None:
-            new_state = new_state + log_decay.float().exp().transpose(-1, -2) * state.float()
-        return (q.transpose(-1, -2) * new_state).sum(-2, keepdim=True).to(dtype), new_state
+        return _one_byte(q, k, v, log_decay.transpose(-1, -2), state)  # log γ as (b, h, dk, 1): row d of S
     c = min(chunk_size, CHANNEL_CHUNK, t)
     pad = (-t) % c
     if pad:  # zero keys and zero log-decay leave the carried state untouched
@@ -242,19 +243,19 @@ class TokenMixing(nn.Module):
         k, v = kv.split(self.dim, dim=-1)
         q, k, v = (rearrange(z, "b t (h d) -> b h t d", h=self.num_heads) for z in (q, k, v))
         k = k * self.head_dim**-0.5
-        if self.channel_decay:  # per head: one data-dependent shift of every channel's rate
-            a = proj[..., 4 * self.dim :, None].float() if self.data_decay else 0.0
-            log_decay = (-F.softplus(a + self.decay_bias.float())).clamp(min=MIN_LOG_DECAY)
-            if not self.data_decay:
-                log_decay = log_decay[None, None].expand(x.shape[0], x.shape[1], -1, -1)
-            log_decay = rearrange(log_decay, "b t h d -> b h t d")
-            out, mix = channel_decay_mix(q, k, v, log_decay, self.chunk_size, mix)
+        bias = self.decay_bias.float()  # (h,), or (h, dk) with channel_decay
+        if self.data_decay:  # one data-dependent input per head (with channel_decay it shifts every channel's rate)
+            a = proj[..., 4 * self.dim :].float()
+            log_decay = -F.softplus((a[..., None] if self.channel_decay else a) + bias)
         else:
-            if self.data_decay:
-                log_decay = rearrange(-F.softplus(proj[..., 4 * self.dim :].float() + self.decay_bias), "b t h -> b h t")
-            else:
-                log_decay = (-F.softplus(self.decay_bias.float()))[None, :, None].expand(x.shape[0], -1, x.shape[1])
-            out, mix = mix_fn(self.mixer_kernel, q.device, q.dtype)(q, k, v, log_decay, self.chunk_size, mix)
+            log_decay = (-F.softplus(bias)).expand(*x.shape[:2], *bias.shape)
+        log_decay = rearrange(log_decay, "b t h ... -> b h t ...")
+        if self.channel_decay:
+            mix_impl = channel_decay_mix
+            log_decay = log_decay.clamp(min=MIN_LOG_DECAY)
+        else:
+            mix_impl = mix_fn(self.mixer_kernel, q.device, q.dtype)
+        out, mix = mix_impl(q, k, v, log_decay, self.chunk_size, mix)
         out = self.head_norm(out.to(x.dtype) if out.dtype != x.dtype else out)
         out = rearrange(out, "b h t d -> b t (h d)") * F.silu(gate)
         return self.out_proj(out), (mix, window)
