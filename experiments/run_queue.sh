@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs training jobs two at a time (one core each), in the order of a queue file whose lines are
 #   <run dir> <overrides...>          (blank lines and lines starting with # are skipped)
+# A queue that ran on another tree than the one it is committed with says so in a `# commit: <sha> ...` line (check
+# that tree out to rerun it); every other queue must compose on today's code (tests/test_experiments.py checks).
 # Jobs whose metrics.json says completed are skipped, so an interrupted queue resumes where it stopped (a job
 # killed mid-run writes a metrics.json too, with another status: it runs again).
 # Each pair holds a lock that other timed work on the machine takes too (flock $LOCK <command>),

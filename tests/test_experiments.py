@@ -25,7 +25,7 @@ from lfbyte.report import main as report_main
 from lfbyte.report import report
 from lfbyte.train import train
 
-from .conftest import OPTUNA, compose_cfg, needs_plugin, run_cli, tiny_overrides
+from .conftest import OPTUNA, REPO, compose_cfg, needs_plugin, run_cli, tiny_overrides
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -293,6 +293,44 @@ def test_budget_recipes_are_single_runs_with_a_time_budget(recipe: str) -> None:
     assert (plain["trainer"]["eval_scored"], plain["trainer"]["eval_windows"]) == (64, 256)
     with torch.device("meta"):
         build_model(plain["model"])
+
+
+def _queued_jobs() -> dict[tuple[str, ...], str]:
+    """Every distinct job of the queue files under experiments/ (seed and corpus path aside), with one line of each;
+    a queue pinned to an older tree (a ``# commit:`` line, see experiments/run_queue.sh) reruns there, not here."""
+    jobs: dict[tuple[str, ...], str] = {}
+    for queue in sorted((REPO / "experiments").rglob("queue*.txt")):
+        lines = queue.read_text().splitlines()
+        if any(line.startswith("# commit:") for line in lines):
+            continue
+        for n, line in enumerate(lines, 1):
+            if line.strip() and not line.lstrip().startswith("#"):
+                # composing reads no data: one placeholder path stands for every corpus (data=bytes needs one)
+                overrides = tuple("data.path=corpus" if w.startswith("data.path=") else w
+                                  for w in line.split()[1:] if not w.startswith("seed="))
+                jobs.setdefault(overrides, f"{queue.relative_to(REPO)}:{n}")
+    return jobs
+
+
+def test_every_queued_job_still_composes_and_validates() -> None:
+    """The queue files are how every number under experiments/ is rerun: a key renamed or a value tightened since
+    must fail here, naming the line, not an hour into a user's rerun."""
+    import torch
+
+    from lfbyte.model import build_model
+
+    jobs = _queued_jobs()
+    assert len(jobs) > 50
+    broken = []
+    for overrides, where in jobs.items():
+        try:
+            plain = to_plain(compose_cfg(*overrides))
+            validate(plain)
+            with torch.device("meta"):
+                build_model(plain["model"])
+        except Exception as e:  # every broken line in one report
+            broken.append(f"{where}: {' '.join(overrides)}: {type(e).__name__}: {e}")
+    assert not broken, "\n".join(broken)
 
 
 def test_ablations_each_turn_one_component_off() -> None:
