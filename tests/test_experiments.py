@@ -255,16 +255,26 @@ def _sweep_combinations(params: dict[str, str]) -> list[list[str]]:
     return combos
 
 
+def _valid_job(*overrides: str) -> dict[str, Any]:
+    """Compose a job as the launcher would, validate it and build its model on the meta device; the plain config."""
+    import torch
+
+    from lfbyte.model import build_model
+
+    plain = to_plain(compose_cfg(*overrides))
+    validate(plain)
+    with torch.device("meta"):
+        build_model(plain["model"])
+    return plain
+
+
 SWEEPS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml") if not p.stem.startswith("recipe_"))
 RECIPES = sorted(p.stem for p in (CONF_DIR / "experiment").glob("recipe_*.yaml"))
 
 
 @pytest.mark.parametrize("experiment", SWEEPS)
 def test_every_job_of_the_shipped_experiments_is_a_valid_config(experiment: str) -> None:
-    import torch
     from hydra.types import RunMode
-
-    from lfbyte.model import build_model
 
     check_overrides("train", [f"experiment={experiment}"], check=validate)  # the launcher's own pre-flight check
     exp = _compose_with_hydra(f"experiment={experiment}")
@@ -272,27 +282,17 @@ def test_every_job_of_the_shipped_experiments_is_a_valid_config(experiment: str)
     combos = _sweep_combinations(OmegaConf.to_container(exp.hydra.sweeper.params))
     assert len(combos) >= 2 and exp.trainer.max_time
     for combo in combos:
-        plain = to_plain(compose_cfg(f"experiment={experiment}", *combo))
-        validate(plain)
-        with torch.device("meta"):
-            build_model(plain["model"])
+        _valid_job(f"experiment={experiment}", *combo)
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_budget_recipes_are_single_runs_with_a_time_budget(recipe: str) -> None:
-    import torch
-
-    from lfbyte.model import build_model
-
-    plain = to_plain(compose_cfg(f"experiment={recipe}"))
-    validate(plain)
+    plain = _valid_job(f"experiment={recipe}")
     minutes = int(recipe.split("_")[1].removesuffix("min"))
     assert plain["trainer"]["max_time"] == 60 * minutes and plain["trainer"]["epochs"] is None
     assert (plain["model"]["arch"] == "gpt") == recipe.endswith("_gpt")
     # every recipe, at any context, is scored on the same validation bytes as the others
     assert (plain["trainer"]["eval_scored"], plain["trainer"]["eval_windows"]) == (64, 256)
-    with torch.device("meta"):
-        build_model(plain["model"])
 
 
 def _queued_jobs() -> dict[tuple[str, ...], str]:
@@ -315,19 +315,12 @@ def _queued_jobs() -> dict[tuple[str, ...], str]:
 def test_every_queued_job_still_composes_and_validates() -> None:
     """The queue files are how every number under experiments/ is rerun: a key renamed or a value tightened since
     must fail here, naming the line, not an hour into a user's rerun."""
-    import torch
-
-    from lfbyte.model import build_model
-
     jobs = _queued_jobs()
     assert len(jobs) > 50
     broken = []
     for overrides, where in jobs.items():
         try:
-            plain = to_plain(compose_cfg(*overrides))
-            validate(plain)
-            with torch.device("meta"):
-                build_model(plain["model"])
+            _valid_job(*overrides)
         except Exception as e:  # every broken line in one report
             broken.append(f"{where}: {' '.join(overrides)}: {type(e).__name__}: {e}")
     assert not broken, "\n".join(broken)
