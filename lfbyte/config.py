@@ -180,13 +180,17 @@ def validate(cfg: dict[str, Any]) -> None:
         if "adapt_rank" in m:
             _check(p, is_int(m["adapt_rank"], lo=0),
                    f"model.adapt_rank={m['adapt_rank']!r} must be an integer >= 0 (0: no adaptive part)")
-        for key in ("data_decay", "channel_decay"):
+        for key in ("data_decay", "channel_decay", "delta_rule"):
             if key in m:
                 _check(p, isinstance(m[key], bool), f"model.{key}={m[key]!r} must be true or false")
         if m.get("channel_decay") is True and m.get("mixer_kernel") == "fla":
             from .model.token_mixing import CHANNEL_DECAY_NO_FLA
 
             _check(p, False, CHANNEL_DECAY_NO_FLA.format(p="model."))
+        if m.get("delta_rule") is True and (m.get("channel_decay") is True or m.get("mixer_kernel") == "fla"):
+            from .model.token_mixing import DELTA_RULE_ALONE
+
+            _check(p, False, DELTA_RULE_ALONE.format(p="model."))
         if "mixer_kernel" in m:
             from .model.kernels import MIXER_KERNELS
 

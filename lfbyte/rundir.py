@@ -37,7 +37,7 @@ FREE_TO_CHANGE = (
 RETIRED_KEYS = ("data.kind", "optimizer.name")
 # Keys added since runs were recorded, with the value that builds the model those runs trained: a config without
 # one means that value (a resume of such a run, or a comparison with it, is not a change).
-ADDED_KEYS = {"model.short_conv": 0, "model.channel_decay": False, "model.attn_dropout": None, "trainer.eval_scored": None}
+ADDED_KEYS = {"model.short_conv": 0, "model.channel_decay": False, "model.delta_rule": False, "model.attn_dropout": None, "trainer.eval_scored": None}
 # Model keys that change how the model trains, not what it is (its weights load either way).
 MODEL_TRAINING_KEYS = ("model.dropout", "model.attn_dropout", "model.chunk_size", "model.mixer_kernel")
 CHOICES = ("trainer.resume=auto to continue it, trainer.overwrite=true to move it aside and start fresh, "

@@ -92,6 +92,9 @@ def test_a_bad_attention_dropout_is_one_line(tmp_path: Path, text_file: Path) ->
         ("model.mixer_kernel=fla model.channel_decay=true",
          "model.channel_decay=true runs on the pure-torch mixer only (fla's simple-GLA kernels take one decay per "
          "head): use model.mixer_kernel=auto or torch"),
+        ("model.delta_rule=true model.channel_decay=true",
+         "model.delta_rule=true takes one decay per head and runs on the pure-torch mixer: use "
+         "model.channel_decay=false and model.mixer_kernel=auto or torch"),
         ("distributed.backend=bogus", "distributed.backend='bogus' must be one of ['auto', 'gloo', 'nccl']"),
         ("distributed.master_port=99999",
          "distributed.master_port=99999 must be null (a free port) or an integer in 1..65535"),

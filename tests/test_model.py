@@ -7,10 +7,18 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from lfbyte import GPT, LFByteTransformer
-from lfbyte.model import AdaptiveLinear, MixtureOfExperts, TokenMixing, build_model, channel_decay_mix, decay_mix
+from lfbyte.model import (
+    AdaptiveLinear,
+    MixtureOfExperts,
+    TokenMixing,
+    build_model,
+    channel_decay_mix,
+    decay_mix,
+    delta_mix,
+)
 from lfbyte.model.causal_conv import causal_conv_silu
 
 TINY = dict(seq_len=96, embed_dim=64, num_layers=2, num_heads=4, adapt_dim=16, adapt_rank=8, chunk_size=16)
@@ -23,8 +31,12 @@ def _models() -> list[nn.Module]:
         LFByteTransformer(**TINY, num_experts=1),
         LFByteTransformer(**TINY, num_experts=1, short_conv=4),
         LFByteTransformer(**TINY, num_experts=1, short_conv=4, channel_decay=True),
+        LFByteTransformer(**TINY, num_experts=1, short_conv=4, delta_rule=True),
         GPT(seq_len=96, embed_dim=64, num_layers=2, num_heads=4),
     ]
+
+
+MODEL_IDS = ["lfbyte-moe", "lfbyte-dense", "lfbyte-short-conv", "lfbyte-channel-decay", "lfbyte-delta-rule", "gpt"]
 
 
 def _perturb_adaptive(model: nn.Module) -> None:
@@ -34,7 +46,7 @@ def _perturb_adaptive(model: nn.Module) -> None:
             nn.init.normal_(mod.up, std=0.05)
 
 
-@pytest.mark.parametrize("model", _models(), ids=["lfbyte-moe", "lfbyte-dense", "lfbyte-short-conv", "lfbyte-channel-decay", "gpt"])
+@pytest.mark.parametrize("model", _models(), ids=MODEL_IDS)
 def test_causal_future_bytes_do_not_change_past_logits(model: nn.Module) -> None:
     _perturb_adaptive(model)
     model.eval()
@@ -46,7 +58,7 @@ def test_causal_future_bytes_do_not_change_past_logits(model: nn.Module) -> None
     assert (a[:, 50:] - b[:, 50:]).abs().max() > 1e-3  # and the future does matter where it should
 
 
-@pytest.mark.parametrize("model", _models(), ids=["lfbyte-moe", "lfbyte-dense", "lfbyte-short-conv", "lfbyte-channel-decay", "gpt"])
+@pytest.mark.parametrize("model", _models(), ids=MODEL_IDS)
 def test_incremental_decoding_equals_full_forward(model: nn.Module) -> None:
     _perturb_adaptive(model)
     model.eval()
@@ -152,6 +164,58 @@ def test_channel_decay_spreads_each_heads_channels_over_the_context() -> None:
     with pytest.raises(ValueError, match="pure-torch mixer only"):
         TokenMixing(dim=32, num_heads=2, adapt_dim=8, adapt_rank=4, seq_len=256, channel_decay=True,
                     mixer_kernel="fla")
+
+
+def _naive_delta_rule(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, beta: Tensor,
+                      s: Tensor) -> tuple[Tensor, Tensor]:
+    """``S_t = γ_t (I - β_t k_t k_tᵀ) S_{t-1} + β_t k_t v_tᵀ``, ``o_t = q_t S_t``, one position at a time."""
+    out = []
+    for i in range(q.shape[2]):
+        s = log_decay[:, :, i, None, None].exp() * s
+        k_i, b_i = k[:, :, i], beta[:, :, i, None, None]
+        stored = torch.einsum("bhd,bhde->bhe", k_i, s)  # what the state holds under k_i
+        s = s + b_i * k_i[..., :, None] * (v[:, :, i] - stored)[..., None, :]
+        out.append(torch.einsum("bhd,bhde->bhe", q[:, :, i], s))
+    return torch.stack(out, 2), s
+
+
+@pytest.mark.parametrize("t", [1, 7, 16, 41])  # one byte, inside one chunk, exactly one chunk, padded chunks
+@pytest.mark.parametrize("carried", [False, True])
+def test_delta_mix_and_its_gradients_match_the_recurrence(t: int, carried: bool) -> None:
+    torch.manual_seed(0)
+    b, h, dk, dv = 2, 3, 8, 5
+    f64 = dict(dtype=torch.float64)
+    q, v = torch.randn(b, h, t, dk, **f64), torch.randn(b, h, t, dv, **f64)
+    k = F.normalize(torch.randn(b, h, t, dk, **f64), dim=-1)
+    log_decay, beta = -torch.rand(b, h, t, **f64), torch.rand(b, h, t, **f64)
+    s0 = torch.randn(b, h, dk, dv, **f64)
+    inputs = [x.requires_grad_() for x in (q, k, v, log_decay, beta)]
+    out, s_end = delta_mix(q, k, v, log_decay, beta, chunk_size=16, state=s0 if carried else None)
+    ref, s_ref = _naive_delta_rule(q, k, v, log_decay, beta, s0 if carried else torch.zeros_like(s0))
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(s_end, s_ref)
+    weights = torch.randn_like(out)  # a loss that reads every output and the state
+    grads = torch.autograd.grad((out * weights).sum() + s_end.sum(), inputs, allow_unused=True, materialize_grads=True)
+    ref_grads = torch.autograd.grad((ref * weights).sum() + s_ref.sum(), inputs, allow_unused=True,
+                                    materialize_grads=True)
+    for g, r in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(g, r)
+
+
+def test_delta_rule_replaces_what_a_key_stores() -> None:
+    """β = 1 and no decay: writing v1 then v2 under the same key leaves v2 (decay-and-add would hold v1 + v2)."""
+    k = F.normalize(torch.randn(1, 1, 1, 8), dim=-1).expand(1, 1, 2, 8)
+    v = torch.randn(1, 1, 2, 4)
+    out, _ = delta_mix(k, k, v, torch.zeros(1, 1, 2), torch.ones(1, 1, 2), chunk_size=64)
+    torch.testing.assert_close(out[:, :, 1], v[:, :, 1])
+    added, _ = decay_mix(k, k, v, torch.zeros(1, 1, 2), chunk_size=64)
+    torch.testing.assert_close(added[:, :, 1], v[:, :, 0] + v[:, :, 1])
+
+
+def test_delta_rule_refuses_what_it_cannot_run_with() -> None:
+    for extra in ({"channel_decay": True}, {"mixer_kernel": "fla"}):
+        with pytest.raises(ValueError, match="delta_rule=true takes one decay per head"):
+            TokenMixing(dim=32, num_heads=2, adapt_dim=8, adapt_rank=4, seq_len=64, delta_rule=True, **extra)
 
 
 @pytest.mark.parametrize("kernel_size", [1, 2, 4])

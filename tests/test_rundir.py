@@ -261,7 +261,7 @@ def test_keys_older_runs_recorded_but_nothing_read_are_not_a_change() -> None:
     assert config_changes(old, {**new, "optimizer": {"lr": 2e-3}}) == {"optimizer.lr": [1e-3, 2e-3]}
 
 
-@pytest.mark.parametrize(("key", "value"), [("short_conv", 4), ("channel_decay", True)])
+@pytest.mark.parametrize(("key", "value"), [("short_conv", 4), ("channel_decay", True), ("delta_rule", True)])
 def test_a_run_from_before_a_model_key_resumes_and_setting_it_makes_another_model(
     tmp_path: Path, key: str, value: object
 ) -> None:

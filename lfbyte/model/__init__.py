@@ -7,7 +7,7 @@ from .gpt import GPT, GPTConfig
 from .lfbyte import DecodeState, LFByteConfig, LFByteTransformer
 from .moe import MixtureOfExperts, RouterStats
 from .positional import PositionalEncoding
-from .token_mixing import TokenMixing, channel_decay_mix, decay_mix
+from .token_mixing import TokenMixing, channel_decay_mix, decay_mix, delta_mix
 
 __all__ = [
     "BYTE_VOCAB",
@@ -28,6 +28,7 @@ __all__ = [
     "TokenMixing",
     "channel_decay_mix",
     "decay_mix",
+    "delta_mix",
 ]
 
 ARCHITECTURES = {"lfbyte": LFByteTransformer, "gpt": GPT}

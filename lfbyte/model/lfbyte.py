@@ -44,6 +44,7 @@ class LFByteConfig:
     chunk_size: int = 64
     data_decay: bool = True  # False: one fixed decay per head (the ablation without data-dependent decay)
     channel_decay: bool = False  # a decay rate per key channel, spread within each head (TokenMixing)
+    delta_rule: bool = False  # TokenMixing's state update: the gated delta rule instead of decay-and-add
     short_conv: int = 0  # window of TokenMixing's causal conv + SiLU on k, v; 0: none (checkpoints before it)
     mixer_kernel: str = "auto"  # what computes token mixing (model/kernels.py): auto | torch | fla; same maths
     dropout: float = 0.0
@@ -75,7 +76,7 @@ class LFBlock(nn.Module):
         self.conditioner = CausalConditioner(d, cfg.adapt_dim, cfg.conv_size) if cfg.adapt_rank else None
         self.mixer = TokenMixing(
             d, cfg.num_heads, cfg.adapt_dim, cfg.adapt_rank, cfg.seq_len, cfg.chunk_size, cfg.data_decay,
-            cfg.mixer_kernel, cfg.short_conv, cfg.channel_decay,
+            cfg.mixer_kernel, cfg.short_conv, cfg.channel_decay, cfg.delta_rule,
         )
         if cfg.num_experts > 1:
             hidden = max(64, cfg.hidden // cfg.top_k)
@@ -187,12 +188,17 @@ class LFByteTransformer(nn.Module):
         cfg = self.config
         d, a, r, H, C = cfg.embed_dim, cfg.adapt_dim, cfg.adapt_rank, cfg.num_heads, cfg.chunk_size
         dh = d // H
-        proj_out = 4 * d + (H if cfg.data_decay else 0)
+        proj_out = 4 * d + (H if cfg.data_decay else 0) + (H if cfg.delta_rule else 0)
         per_layer = (2 * d * a + 2 * a * cfg.conv_size) if r else 0  # conditioner
         per_layer += 2 * d * (proj_out + r) + 2 * a * r + 2 * r * proj_out  # adaptive in_proj
         per_layer += 2 * 2 * d * self.blocks[0].mixer.short_conv  # short convolution over k, v
         T = seq_len or cfg.seq_len
-        if T <= C:  # one chunk, unpadded: the masked T×T mixing and the state at its end
+        if cfg.delta_rule:  # delta_mix per chunk of c (padded): k·k, q·k and scores·U (c² each), the triangular
+            # solve for W_v, W_k (c(c-1) per column), the state's update; after the first chunk W_k·S and q·S too
+            c = min(C, T)
+            n = math.ceil(T / c)
+            per_layer += d * (n * (6 * c * c + 2 * c * (c - 1) + 2 * c * dh) + 4 * (n - 1) * c * dh) / T
+        elif T <= C:  # one chunk, unpadded: the masked T×T mixing and the state at its end
             per_layer += 4 * T * d + 2 * d * dh
         else:
             per_layer += 4 * C * d + 4 * d * dh  # intra-chunk mixing + chunk states / inter-chunk read

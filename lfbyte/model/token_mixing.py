@@ -163,6 +163,70 @@ def channel_decay_mix(
     return out, new_state
 
 
+# why delta_rule refuses channel_decay and fla, for the constructor (prefix "") and the config check ("model.")
+DELTA_RULE_ALONE = ("{p}delta_rule=true takes one decay per head and runs on the pure-torch mixer: use "
+                    "{p}channel_decay=false and {p}mixer_kernel=auto or torch")
+
+
+def delta_mix(
+    q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, beta: Tensor, chunk_size: int, state: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """The gated delta rule: ``S_t = γ_t (I - β_t k_t k_tᵀ) S_{t-1} + β_t k_t v_tᵀ``, ``o_t = q_t S_t``.
+
+    Where :func:`decay_mix` only adds ``k_t v_tᵀ`` to a fading state, this first removes what the state already
+    stores under ``k_t`` (a step of online regression towards ``S_tᵀ k_t = v_t``, rate ``β_t``), so a new value
+    replaces an old one under the same key instead of piling up beside it (DeltaNet; gated: Yang et al., 2024).
+    Keys must be unit vectors (then ``I - β k kᵀ`` is a contraction for ``β`` in [0, 1]).
+
+    Chunk-wise: write ``S_i = γ_i S_{i-1} + k_i u_iᵀ`` with ``u_i = β_i (v_i - γ_i S_{i-1}ᵀ k_i)``. Within a chunk
+    entered with state ``S``, ``(I + A) U = diag(β) (V - diag(e^L) K S)`` where ``A_ij = β_i e^{L_i - L_j} k_i·k_j``
+    for ``j < i`` (``L``: the chunk's cumulative log-decays), one unit-lower-triangular solve per chunk that does
+    not depend on ``S``; only ``U = W_v - W_k S``, the output and the next state are computed chunk after chunk.
+
+    q, k: (b, h, t, dk); v: (b, h, t, dv); log_decay, beta: (b, h, t); state: (b, h, dk, dv) or None.
+    Computed in fp32 at least (the solve); returns o (b, h, t, dv) in v's dtype and the state after the last position.
+    """
+    dtype, work = v.dtype, torch.promote_types(v.dtype, torch.float32)  # fp32, or float64 for gradcheck
+    q, k, v, beta, log_decay = (x.to(work) for x in (q, k, v, beta, log_decay))
+    state = state.to(work) if state is not None else None
+    b, h, t, dk = q.shape
+    if t == 1:  # one new byte: the recurrence itself
+        k_col = k.transpose(-1, -2)  # (b, h, dk, 1)
+        s = log_decay[..., None].exp() * state if state is not None else None
+        new = v if s is None else v - (k_col * s).sum(-2, keepdim=True)  # v_t - kᵀ(γ S): what the state misses
+        s_new = k_col * (beta[..., None] * new) + (s if s is not None else 0)
+        return (q.transpose(-1, -2) * s_new).sum(-2, keepdim=True).to(dtype), s_new
+    c = min(chunk_size, t)
+    pad = (-t) % c
+    if pad:  # zero keys, zero β and zero log-decay leave the state untouched
+        q, k, v = (F.pad(x, (0, 0, 0, pad)) for x in (q, k, v))
+        log_decay, beta = F.pad(log_decay, (0, pad)), F.pad(beta, (0, pad))
+    q, k, v = (rearrange(x, "b h (n c) d -> b h n c d", c=c) for x in (q, k, v))
+    cum = rearrange(log_decay, "b h (n c) -> b h n c", c=c).cumsum(-1)  # L_i
+    beta = rearrange(beta, "b h (n c) -> b h n c", c=c)[..., None]
+    decay = _decay_matrix(cum)  # e^{L_i - L_j}, j <= i
+    strict = torch.ones(c, c, dtype=torch.bool, device=q.device).tril(-1)
+    a = (beta * (k @ k.transpose(-1, -2)) * decay).masked_fill(~strict, 0)
+    rhs = beta * torch.cat([v, k * cum.exp()[..., None]], -1)
+    w_v, w_k = torch.linalg.solve_triangular(a, rhs, upper=False, unitriangular=True).split([v.shape[-1], dk], -1)
+    scores = (q @ k.transpose(-1, -2)) * decay
+    q_from_start = q * cum.exp()[..., None]
+    k_to_end = (k * (cum[..., -1:] - cum).exp()[..., None]).transpose(-1, -2)
+    last = cum[..., -1, None, None].exp()  # each chunk's total decay, (b, h, n, 1, 1)
+    s, outs = state, []
+    for i in range(cum.shape[2]):  # chunk after chunk: U depends on the state entering the chunk
+        if s is None:  # nothing stored yet (a training window's first chunk)
+            u = w_v[:, :, i]
+            outs.append(scores[:, :, i] @ u)
+            s = k_to_end[:, :, i] @ u
+        else:
+            u = w_v[:, :, i] - w_k[:, :, i] @ s
+            outs.append(q_from_start[:, :, i] @ s + scores[:, :, i] @ u)
+            s = last[:, :, i] * s + k_to_end[:, :, i] @ u
+    out = torch.stack(outs, 2)
+    return rearrange(out, "b h n c e -> b h (n c) e")[:, :, :t].to(dtype), s
+
+
 def mix_fn(choice: str, device: torch.device, dtype: torch.dtype) -> MixFn:
     """The decay_mix implementation for ``mixer_kernel=choice`` on ``device`` and ``dtype``
     (:func:`~lfbyte.model.kernels.kernel_name` decides: fla's fused kernels or the pure-torch reference)."""
@@ -202,6 +266,7 @@ class TokenMixing(nn.Module):
         mixer_kernel: str = "auto",
         short_conv: int = 0,
         channel_decay: bool = False,
+        delta_rule: bool = False,
     ) -> None:
         super().__init__()
         if dim % num_heads:
@@ -210,10 +275,14 @@ class TokenMixing(nn.Module):
             raise ValueError(f"mixer_kernel={mixer_kernel!r} is not one of {MIXER_KERNELS}")
         if channel_decay and mixer_kernel == "fla":
             raise ValueError(CHANNEL_DECAY_NO_FLA.format(p=""))
+        if delta_rule and (channel_decay or mixer_kernel == "fla"):
+            raise ValueError(DELTA_RULE_ALONE.format(p=""))
         self.mixer_kernel = mixer_kernel
         self.dim, self.num_heads, self.head_dim = dim, num_heads, dim // num_heads
         self.chunk_size, self.data_decay, self.channel_decay = chunk_size, data_decay, channel_decay
-        proj_out = 4 * dim + (num_heads if data_decay else 0)  # q, k, v, gate (+ per-head decay input)
+        self.delta_rule = delta_rule
+        # q, k, v, gate (+ per-head decay input) (+ per-head β)
+        proj_out = 4 * dim + (num_heads if data_decay else 0) + (num_heads if delta_rule else 0)
         self.in_proj = AdaptiveLinear(dim, proj_out, adapt_dim, adapt_rank, bias=False)
         span = math.log2(max(seq_len, 2))  # heads spread from 1 byte to seq_len; one head sits in the middle
         if channel_decay:  # every head spreads its key channels over the whole span instead
@@ -242,20 +311,26 @@ class TokenMixing(nn.Module):
             kv, window = causal_conv_silu(kv, self.conv_weight, self.conv_bias, window)
         k, v = kv.split(self.dim, dim=-1)
         q, k, v = (rearrange(z, "b t (h d) -> b h t d", h=self.num_heads) for z in (q, k, v))
-        k = k * self.head_dim**-0.5
+        # the delta rule needs unit keys; otherwise the 1/sqrt(d) of attention (the head norm undoes q's scale)
+        k = F.normalize(k, dim=-1) if self.delta_rule else k * self.head_dim**-0.5
         bias = self.decay_bias.float()  # (h,), or (h, dk) with channel_decay
+        extra = proj[..., 4 * self.dim :].float()
         if self.data_decay:  # one data-dependent input per head (with channel_decay it shifts every channel's rate)
-            a = proj[..., 4 * self.dim :].float()
+            a = extra[..., : self.num_heads]
             log_decay = -F.softplus((a[..., None] if self.channel_decay else a) + bias)
         else:
             log_decay = (-F.softplus(bias)).expand(*x.shape[:2], *bias.shape)
         log_decay = rearrange(log_decay, "b t h ... -> b h t ...")
-        if self.channel_decay:
-            mix_impl = channel_decay_mix
-            log_decay = log_decay.clamp(min=MIN_LOG_DECAY)
+        if self.delta_rule:
+            beta = rearrange(torch.sigmoid(extra[..., -self.num_heads :]), "b t h -> b h t")
+            out, mix = delta_mix(q, k, v, log_decay, beta, self.chunk_size, mix)
         else:
-            mix_impl = mix_fn(self.mixer_kernel, q.device, q.dtype)
-        out, mix = mix_impl(q, k, v, log_decay, self.chunk_size, mix)
+            if self.channel_decay:
+                mix_impl = channel_decay_mix
+                log_decay = log_decay.clamp(min=MIN_LOG_DECAY)
+            else:
+                mix_impl = mix_fn(self.mixer_kernel, q.device, q.dtype)
+            out, mix = mix_impl(q, k, v, log_decay, self.chunk_size, mix)
         out = self.head_norm(out.to(x.dtype) if out.dtype != x.dtype else out)
         out = rearrange(out, "b h t d -> b t (h d)") * F.silu(gate)
         return self.out_proj(out), (mix, window)
