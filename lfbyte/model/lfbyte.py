@@ -194,10 +194,10 @@ class LFByteTransformer(nn.Module):
         per_layer += 2 * 2 * d * self.blocks[0].mixer.short_conv  # short convolution over k, v
         T = seq_len or cfg.seq_len
         if cfg.delta_rule:  # delta_mix per chunk of c (padded): k·k, q·k and scores·U (c² each), the triangular
-            # solve for W_v, W_k (c(c-1) per column), the state's update; after the first chunk W_k·S and q·S too
+            # solve for W_v, W_k (c(c-1) per column), M, B, W_k·S and q·S (c·dh each); M·S for every chunk but the first
             c = min(C, T)
             n = math.ceil(T / c)
-            per_layer += d * (n * (6 * c * c + 2 * c * (c - 1) + 2 * c * dh) + 4 * (n - 1) * c * dh) / T
+            per_layer += d * (n * (6 * c * c + 2 * c * (c - 1) + 8 * c * dh) + 2 * (n - 1) * dh * dh) / T
         elif T <= C:  # one chunk, unpadded: the masked T×T mixing and the state at its end
             per_layer += 4 * T * d + 2 * d * dh
         else:

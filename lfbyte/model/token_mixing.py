@@ -181,7 +181,8 @@ def delta_mix(
     Chunk-wise: write ``S_i = γ_i S_{i-1} + k_i u_iᵀ`` with ``u_i = β_i (v_i - γ_i S_{i-1}ᵀ k_i)``. Within a chunk
     entered with state ``S``, ``(I + A) U = diag(β) (V - diag(e^L) K S)`` where ``A_ij = β_i e^{L_i - L_j} k_i·k_j``
     for ``j < i`` (``L``: the chunk's cumulative log-decays), one unit-lower-triangular solve per chunk that does
-    not depend on ``S``; only ``U = W_v - W_k S``, the output and the next state are computed chunk after chunk.
+    not depend on ``S``. A chunk then maps its entering state to ``M S + B`` (both from the solve), the only step
+    taken chunk after chunk; outputs and ``U`` are computed for all chunks at once from the states entering them.
 
     q, k: (b, h, t, dk); v: (b, h, t, dv); log_decay, beta: (b, h, t); state: (b, h, dk, dv) or None.
     Computed in fp32 at least (the solve); returns o (b, h, t, dv) in v's dtype and the state after the last position.
@@ -210,20 +211,17 @@ def delta_mix(
     rhs = beta * torch.cat([v, k * cum.exp()[..., None]], -1)
     w_v, w_k = torch.linalg.solve_triangular(a, rhs, upper=False, unitriangular=True).split([v.shape[-1], dk], -1)
     scores = (q @ k.transpose(-1, -2)) * decay
-    q_from_start = q * cum.exp()[..., None]
     k_to_end = (k * (cum[..., -1:] - cum).exp()[..., None]).transpose(-1, -2)
-    last = cum[..., -1, None, None].exp()  # each chunk's total decay, (b, h, n, 1, 1)
-    s, outs = state, []
-    for i in range(cum.shape[2]):  # chunk after chunk: U depends on the state entering the chunk
-        if s is None:  # nothing stored yet (a training window's first chunk)
-            u = w_v[:, :, i]
-            outs.append(scores[:, :, i] @ u)
-            s = k_to_end[:, :, i] @ u
-        else:
-            u = w_v[:, :, i] - w_k[:, :, i] @ s
-            outs.append(q_from_start[:, :, i] @ s + scores[:, :, i] @ u)
-            s = last[:, :, i] * s + k_to_end[:, :, i] @ u
-    out = torch.stack(outs, 2)
+    # A chunk maps the state S entering it to e^{L_c} S + K̃ᵀ U = M S + B, with K̃ the keys decayed to the chunk's end:
+    # M = e^{L_c} I - K̃ᵀ W_k and B = K̃ᵀ W_v, computed for all chunks at once; only S = M S + B runs chunk by chunk
+    trans = cum[..., -1, None, None].exp() * torch.eye(dk, dtype=work, device=q.device) - k_to_end @ w_k
+    inject = k_to_end @ w_v
+    s, entering = state, []
+    for i in range(cum.shape[2]):
+        entering.append(s if s is not None else torch.zeros_like(inject[:, :, 0]))
+        s = inject[:, :, i] if s is None else trans[:, :, i] @ s + inject[:, :, i]
+    s_in = torch.stack(entering, 2)  # (b, h, n, dk, dv): the state entering each chunk
+    out = (q * cum.exp()[..., None]) @ s_in + scores @ (w_v - w_k @ s_in)
     return rearrange(out, "b h n c e -> b h (n c) e")[:, :, :t].to(dtype), s
 
 
@@ -252,6 +250,9 @@ class TokenMixing(nn.Module):
     convolving k, v gave 2.256 val bits/byte (2 seeds), q, k, v 2.270 at 21 % fewer steps, none 2.291
     (``experiments/compare/short_conv``). The decoding state is then the mixing state plus the last ``K-1``
     projected keys and values.
+
+    ``delta_rule=True`` updates the state by the gated delta rule (:func:`delta_mix`) instead: keys are
+    L2-normalised and one more per-head input sets the write rate ``β_t = sigmoid(·)``.
     """
 
     def __init__(
