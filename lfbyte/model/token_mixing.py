@@ -325,13 +325,10 @@ class TokenMixing(nn.Module):
         if self.delta_rule:
             beta = rearrange(torch.sigmoid(extra[..., -self.num_heads :]), "b t h -> b h t")
             out, mix = delta_mix(q, k, v, log_decay, beta, self.chunk_size, mix)
+        elif self.channel_decay:
+            out, mix = channel_decay_mix(q, k, v, log_decay.clamp(min=MIN_LOG_DECAY), self.chunk_size, mix)
         else:
-            if self.channel_decay:
-                mix_impl = channel_decay_mix
-                log_decay = log_decay.clamp(min=MIN_LOG_DECAY)
-            else:
-                mix_impl = mix_fn(self.mixer_kernel, q.device, q.dtype)
-            out, mix = mix_impl(q, k, v, log_decay, self.chunk_size, mix)
+            out, mix = mix_fn(self.mixer_kernel, q.device, q.dtype)(q, k, v, log_decay, self.chunk_size, mix)
         out = self.head_norm(out.to(x.dtype) if out.dtype != x.dtype else out)
         out = rearrange(out, "b h t d -> b t (h d)") * F.silu(gate)
         return self.out_proj(out), (mix, window)
