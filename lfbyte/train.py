@@ -8,7 +8,7 @@ import os
 import sys
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from hydra.core.hydra_config import HydraConfig
@@ -22,6 +22,9 @@ from .data import load_corpus, split_corpus
 from .distributed import DistInfo, sharding_problem, spawn, torchrun_info, under_torchrun
 from .errors import ConfigError, LFByteError, describe, print_error
 from .rundir import claim, claim_sweep, holds_run, record_segment
+
+if TYPE_CHECKING:
+    import torch
 
 _CHECKED: set[str] = set()  # configs this process has checked: the CLI checks before Hydra, then train() runs
 
@@ -37,24 +40,31 @@ def check(plain: dict[str, Any]) -> None:
     _CHECKED.add(key)
 
 
-def _check(plain: dict[str, Any]) -> None:
+def check_model(plain: dict[str, Any]) -> torch.nn.Module:
+    """The model as a launch checks it: the memory estimate (a forward of one- and two-layer models on the meta
+    device) and the whole model built on the meta device; a bad option is one ConfigError line."""
     import torch
 
-    from .generate import check_sampling
     from .model import build_model
     from .resources import check_memory
+
+    try:
+        check_memory(plain)
+        with torch.device("meta"):  # cheap: no memory is allocated
+            return build_model(plain["model"])
+    except (ValueError, TypeError, RuntimeError) as e:
+        raise ConfigError(f"model config: {str(e).strip().splitlines()[0][:300]}") from None
+
+
+def _check(plain: dict[str, Any]) -> None:
+    from .generate import check_sampling
 
     validate(plain)
     for key, path in (("trainer.save_path", plain["trainer"].get("save_path")),
                       ("data.cache_dir", plain["data"].get("cache_dir"))):
         if path:
             check_output_dir(path, key)
-    try:  # the memory estimate builds one- and two-layer models on the meta device: bad options fail there
-        check_memory(plain)
-        with torch.device("meta"):  # cheap: no memory is allocated
-            model = build_model(plain["model"])
-    except (ValueError, TypeError, RuntimeError) as e:
-        raise ConfigError(f"model config: {str(e).strip().splitlines()[0][:300]}") from None
+    model = check_model(plain)
     if plain["distributed"]["strategy"] == "fsdp" and (problem := sharding_problem(model)):
         raise ConfigError(problem)
     t = plain["trainer"]

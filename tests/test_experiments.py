@@ -23,7 +23,7 @@ from lfbyte.config import CONF_DIR, to_plain, validate
 from lfbyte.logger import Logger
 from lfbyte.report import main as report_main
 from lfbyte.report import report
-from lfbyte.train import train
+from lfbyte.train import check_model, train
 
 from .conftest import OPTUNA, REPO, compose_cfg, needs_plugin, run_cli, tiny_overrides
 
@@ -256,15 +256,11 @@ def _sweep_combinations(params: dict[str, str]) -> list[list[str]]:
 
 
 def _valid_job(*overrides: str) -> dict[str, Any]:
-    """Compose a job as the launcher would, validate it and build its model on the meta device; the plain config."""
-    import torch
-
-    from lfbyte.model import build_model
-
+    """Compose a job as the launcher would, validate it and check its model as a launch does (the memory estimate's
+    forward on the meta device, the build); the plain config."""
     plain = to_plain(compose_cfg(*overrides))
     validate(plain)
-    with torch.device("meta"):
-        build_model(plain["model"])
+    check_model(plain)
     return plain
 
 
