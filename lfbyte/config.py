@@ -39,6 +39,8 @@ MAX_SEED = 2**63 - 2**16  # torch seeds are 64-bit; each rank adds its rank
 # An evaluation sample is decoded byte by byte inside the training loop (and in lockstep on every rank when
 # sharded), so it has to stay short: 16 KiB took 10 s (tiny) to 39 s (small) on one CPU thread.
 MAX_SAMPLE_LENGTH = 16_384
+# max_time, a stop signal and checkpoints act between optimizer steps; one step runs this many forward/backward passes
+MAX_ACCUMULATION = 4096
 
 
 def to_plain(cfg: DictConfig | dict) -> dict[str, Any]:
@@ -177,6 +179,11 @@ def validate(cfg: dict[str, Any]) -> None:
         if "short_conv" in m:
             _check(p, is_int(m["short_conv"], lo=0),
                    f"model.short_conv={m['short_conv']!r} must be an integer >= 0 (0 or 1: no short convolution)")
+        for key in ("conv_size", "short_conv"):  # a tap reaching past the window never sees a byte in training, so
+            # it keeps its random init, yet decoding (whose cache holds real bytes there) reads it
+            if is_int(m.get(key), lo=0) and is_int(m.get("seq_len")):
+                _check(p, m[key] <= m["seq_len"], f"model.{key}={m[key]} must be <= model.seq_len={m['seq_len']}: "
+                       "taps reaching further back than the training window are never trained")
         if "adapt_rank" in m:
             _check(p, is_int(m["adapt_rank"], lo=0),
                    f"model.adapt_rank={m['adapt_rank']!r} must be an integer >= 0 (0: no adaptive part)")
@@ -213,6 +220,10 @@ def validate(cfg: dict[str, Any]) -> None:
 
     for key in ("batch_size", "accumulation_steps", "eval_interval", "eval_windows", "log_interval", "keep_last"):
         _check(p, is_int(t.get(key)), f"trainer.{key}={t.get(key)!r} must be an integer >= 1")
+    _check(p, not is_int(t.get("accumulation_steps")) or t["accumulation_steps"] <= MAX_ACCUMULATION,
+           f"trainer.accumulation_steps={t.get('accumulation_steps')!r} must be in 1..{MAX_ACCUMULATION}: max_time, "
+           "a stop signal and checkpoints wait for the end of an optimizer step; for a larger step raise "
+           "trainer.batch_size or add processes")
     es, sl = t.get("eval_scored"), m.get("seq_len")
     _check(p, es is None or (is_int(es) and (not is_int(sl) or es <= sl)),
            f"trainer.eval_scored={es!r} must be null or an integer in 1..model.seq_len ({sl!r}): the bytes scored "

@@ -233,11 +233,14 @@ class WindowSampler:
         self.corpus, self.split, self.seq_len = corpus, split, seq_len
         self.rng = np.random.Generator(np.random.PCG64(seed))
 
-    def step_batches(self, batch_size: int, accumulation_steps: int, rank: int, world_size: int) -> list[np.ndarray]:
-        """Window starts for one optimizer step: ``accumulation_steps`` arrays of ``batch_size``."""
+    def step_batches(self, batch_size: int, accumulation_steps: int, rank: int, world_size: int) -> np.ndarray:
+        """Window starts for one optimizer step, (``accumulation_steps``, ``batch_size``): row j is micro-batch j.
+
+        One array (a view of every rank's draw), not a list of per-micro-batch arrays: those cost ~100 bytes of
+        Python object each, beyond the memory estimate's int64 starts."""
         high = len(self.split) - self.seq_len - 1
         starts = self.split.lo + self.rng.integers(0, high + 1, size=(accumulation_steps, world_size, batch_size))
-        return [starts[j, rank] for j in range(accumulation_steps)]
+        return starts[:, rank]
 
     def read(self, starts: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         pos = starts[:, None] + np.arange(self.seq_len + 1)

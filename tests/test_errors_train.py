@@ -99,6 +99,13 @@ def test_a_bad_attention_dropout_is_one_line(tmp_path: Path, text_file: Path) ->
         ("distributed.master_port=99999",
          "distributed.master_port=99999 must be null (a free port) or an integer in 1..65535"),
         ("trainer.max_skipped_steps=0", "trainer.max_skipped_steps=0 must be an integer >= 1"),
+        # a step of 10**8 micro-batches outlives max_time (and its starts' list held ~100 bytes of Python per one)
+        ("trainer.accumulation_steps=4097", "trainer.accumulation_steps=4097 must be in 1..4096: max_time, a stop "
+         "signal and checkpoints wait for the end of an optimizer step; for a larger step raise trainer.batch_size "
+         "or add processes"),
+        # decoding looped over 65,536 taps per byte (a hang); past the window they are never trained anyway
+        *[(f"model.{key}=65", f"model.{key}=65 must be <= model.seq_len=64: taps reaching further back than the "
+           "training window are never trained") for key in ("conv_size", "short_conv")],
     ],
 )
 def test_every_value_is_checked_before_data_is_read(override: str, line: str) -> None:

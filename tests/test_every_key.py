@@ -18,6 +18,7 @@ import contextlib
 import io
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -41,6 +42,7 @@ from lfbyte.cli import check_overrides
 from lfbyte.config import CONF_DIR, to_plain
 from lfbyte.errors import LFByteError
 from lfbyte.model import build_model
+from lfbyte.resources import available_memory
 from lfbyte.train import check, claim_for_launch, train
 
 from .conftest import compose_cfg, make_text
@@ -100,10 +102,26 @@ def fresh_cwd() -> Iterator[None]:
         os.chdir(old)
 
 
+@contextlib.contextmanager
+def memory_limit() -> Iterator[None]:
+    """Address space for what the machine has free: an allocation past it fails in this example, which Hypothesis
+    then names, instead of the kernel's OOM killer ending the whole session without a word of what was drawn (CI
+    lost a slow run that way)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    with open("/proc/self/status") as f:
+        mapped = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
+    limit = int(mapped + available_memory({"device": "cpu"})[0])
+    resource.setrlimit(resource.RLIMIT_AS, (limit if hard == resource.RLIM_INFINITY else min(limit, hard), hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
 def assert_one_clean_outcome(run: Callable[[], Any], what: str, seconds: int = 120) -> None:
     """``run`` returns, or raises an LFByteError whose message is short lines (what ``main`` prints)."""
     try:
-        with time_limit(seconds, what), fresh_cwd():
+        with time_limit(seconds, what), fresh_cwd(), memory_limit():
             run()
     except LFByteError as e:
         lines = str(e).splitlines()
@@ -181,6 +199,8 @@ def _train_cli(corpus: Path, key: str, value: str) -> None:
 @example(key="hydra.run.dir", value=_quoted("/tmp/" + "r" * 300))
 @example(key="data.path", value="/dev/null")
 @example(key="trainer.sample_length", value="137438953473")  # CI drew it: a sample that never ends was a hang
+@example(key="trainer.accumulation_steps", value=str(2**27))  # a step past max_time; ~100 B of Python per micro-batch
+@example(key="model.conv_size", value="65536")  # decoding the evaluation sample: 65,536 taps per byte, a hang
 def test_train_every_key(corpus: Path, key: str, value: str) -> None:
     assert_one_clean_outcome(lambda: _train_once(corpus, key, value), f"train {key}={value[:80]}", TRAIN_LIMIT)
 
