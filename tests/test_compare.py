@@ -38,18 +38,9 @@ def _causal_sdpa_flops(q_shape: list[int], k_shape: list[int], v_shape: list[int
     return 4 * b * h * dh * t * (t + 1) // 2
 
 
-def _unit_triangular_solve_flops(a_shape: list[int], b_shape: list[int], *args: object, upper: bool,
-                                 left: bool = True, unitriangular: bool = False, **kwargs: object) -> int:
-    """Forward substitution with a unit diagonal (the delta rule's): c(c-1)/2 multiply-adds per right-hand column."""
-    assert unitriangular and left and not upper
-    c, cols = a_shape[-1], b_shape[-1]
-    return math.prod(a_shape[:-2]) * c * (c - 1) * cols
-
-
 def _counted_flops_per_token(model: torch.nn.Module, seq_len: int) -> float:
     mapping = {aten._grouped_mm: _grouped_mm_flops,
-               aten._scaled_dot_product_flash_attention_for_cpu: _causal_sdpa_flops,
-               aten.linalg_solve_triangular: _unit_triangular_solve_flops}
+               aten._scaled_dot_product_flash_attention_for_cpu: _causal_sdpa_flops}
     x = torch.randint(0, 256, (2, seq_len))
     with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=mapping) as counter:
         model(x)

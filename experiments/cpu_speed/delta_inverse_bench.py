@@ -1,6 +1,7 @@
-"""delta_mix with its chunk's system solved by torch.linalg.solve_triangular (lfbyte's) against a block-doubling
-inverse (the variant tried on 2026-12-04 and not kept), beside decay_mix: forward + backward of one layer's shapes of
-the 10-minute recipe, bf16 autocast, compiled, one thread, interleaved rounds in one process. Run alone.
+"""delta_mix's chunk system solved by torch.linalg.solve_triangular (lfbyte's up to 8881e80, written out here)
+against lfbyte's delta_mix, which inverts (I + A) by block doubling (_unit_lower_inverse), beside decay_mix: forward +
+backward of one layer's shapes of the 10-minute recipe, bf16 autocast, compiled, one thread, interleaved rounds in
+one process. Run alone.
 
     python experiments/cpu_speed/delta_inverse_bench.py          # from the repo root
 """
@@ -16,26 +17,8 @@ sys.path.insert(0, ".")
 from lfbyte.model.token_mixing import _decay_matrix, decay_mix, delta_mix  # noqa: E402
 
 
-def unit_lower_inverse(a: torch.Tensor) -> torch.Tensor:
-    """(I + A)^-1 for strictly lower-triangular A: diagonal blocks doubled, T21 = -T2 A21 T1, in fp32."""
-    c = a.shape[-1]
-    p = 1 << (c - 1).bit_length()
-    a = F.pad(a, (0, p - c, 0, p - c))
-    lead = a.shape[:-2]
-    with torch.autocast("cpu", enabled=False):
-        t, s = torch.ones(*lead, p, 1, 1, dtype=a.dtype), 1
-        while s < p:
-            n = p // (2 * s)
-            blocks = a.reshape(*lead, n, 2 * s, n, 2 * s).transpose(-3, -2).reshape(*lead, n * n, 2 * s, 2 * s)
-            t1, t2 = t.reshape(*lead, n, 2, s, s).unbind(-3)
-            t21 = -(t2 @ blocks[..., :: n + 1, s:, :s] @ t1)
-            t = torch.cat([torch.cat([t1, torch.zeros_like(t1)], -1), torch.cat([t21, t2], -1)], -2)
-            s *= 2
-    return t.reshape(*lead, p, p)[..., :c, :c]
-
-
-def delta_mix_inverse(q, k, v, log_decay, beta, c):  # training only: no carried state, t a multiple of c
-    work = torch.float32
+def delta_mix_solve(q, k, v, log_decay, beta, c):  # 8881e80's delta_mix for training: no carried state, t = n·c
+    work = torch.promote_types(v.dtype, torch.float32)
     q, k, v, beta, log_decay = (x.to(work) for x in (q, k, v, beta, log_decay))
     dk = q.shape[-1]
     q, k, v = (rearrange(x, "b h (n c) d -> b h n c d", c=c) for x in (q, k, v))
@@ -43,18 +26,19 @@ def delta_mix_inverse(q, k, v, log_decay, beta, c):  # training only: no carried
     beta = rearrange(beta, "b h (n c) -> b h n c", c=c)[..., None]
     decay = _decay_matrix(cum)
     strict = torch.ones(c, c, dtype=torch.bool).tril(-1)
-    a = (beta * (k @ k.transpose(-1, -2)).to(work) * decay).masked_fill(~strict, 0)
-    w = unit_lower_inverse(a) @ (beta * torch.cat([v, k * cum.exp()[..., None]], -1))
+    a = (beta * (k @ k.transpose(-1, -2)) * decay).masked_fill(~strict, 0)
+    rhs = beta * torch.cat([v, k * cum.exp()[..., None]], -1)
+    w_v, w_k = torch.linalg.solve_triangular(a, rhs, upper=False, unitriangular=True).split([v.shape[-1], dk], -1)
+    scores = (q @ k.transpose(-1, -2)) * decay
     k_to_end = (k * (cum[..., -1:] - cum).exp()[..., None]).transpose(-1, -2)
-    inject, to_trans = (k_to_end @ w).to(work).split([v.shape[-1], dk], -1)
-    trans = cum[..., -1, None, None].exp() * torch.eye(dk) - to_trans
+    trans = cum[..., -1, None, None].exp() * torch.eye(dk, dtype=work) - k_to_end @ w_k
+    inject = k_to_end @ w_v
     s, entering = None, []
     for i in range(cum.shape[2]):
         entering.append(s if s is not None else torch.zeros_like(inject[:, :, 0]))
         s = inject[:, :, i] if s is None else trans[:, :, i] @ s + inject[:, :, i]
     s_in = torch.stack(entering, 2)
-    sw_v, sw_k = (((q @ k.transpose(-1, -2)).to(work) * decay) @ w).to(work).split([v.shape[-1], dk], -1)
-    out = (q * cum.exp()[..., None] - sw_k) @ s_in + sw_v
+    out = (q * cum.exp()[..., None]) @ s_in + scores @ (w_v - w_k @ s_in)
     return rearrange(out, "b h n c e -> b h (n c) e"), s
 
 
@@ -66,11 +50,11 @@ if __name__ == "__main__":
         F.normalize(torch.randn(b, h, t, d, dtype=torch.float64), dim=-1),
         -F.softplus(torch.randn(b, h, t, dtype=torch.float64)), torch.rand(b, h, t, dtype=torch.float64)]
     q64, v64, k64, ld64, be64 = f64
-    ref, inv = delta_mix(q64, k64, v64, ld64, be64, c)[0], delta_mix_inverse(q64, k64, v64, ld64, be64, c)[0]
-    print(f"same outputs: max |block inverse (fp32) - solve (float64)| = {(ref - inv.to(ref.dtype)).abs().max().item():.1e}")
+    ref, inv = delta_mix_solve(q64, k64, v64, ld64, be64, c)[0], delta_mix(q64, k64, v64, ld64, be64, c)[0]
+    print(f"same outputs in float64: max |block inverse - solve| = {(ref - inv).abs().max().item():.1e}")
     xs = [x.to(torch.bfloat16).requires_grad_() for x in (q64, k64, v64, ld64, be64)]
-    fns = {"delta_mix, solve_triangular": lambda *x: delta_mix(*x, c),
-           "delta_mix, block inverse": lambda *x: delta_mix_inverse(*x, c),
+    fns = {"delta_mix, solve_triangular (8881e80)": lambda *x: delta_mix_solve(*x, c),
+           "delta_mix, block inverse (lfbyte's)": lambda *x: delta_mix(*x, c),
            "decay_mix": lambda q, k, v, ld, be: decay_mix(q, k, v, ld, c)}
     steps = {}
     for name, fn in fns.items():

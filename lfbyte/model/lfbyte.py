@@ -193,11 +193,14 @@ class LFByteTransformer(nn.Module):
         per_layer += 2 * d * (proj_out + r) + 2 * a * r + 2 * r * proj_out  # adaptive in_proj
         per_layer += 2 * 2 * d * self.blocks[0].mixer.short_conv  # short convolution over k, v
         T = seq_len or cfg.seq_len
-        if cfg.delta_rule:  # delta_mix per chunk of c (padded): k·k, q·k and scores·U (c² each), the triangular
-            # solve for W_v, W_k (c(c-1) per column), M, B, W_k·S and q·S (c·dh each); M·S for every chunk but the first
+        if cfg.delta_rule:  # delta_mix per chunk of c (padded) and head: k·k and q·k (c² each), (I + A)^-1 times
+            # [V | K] and scores times it (c² per column of both), K̃ᵀ times it and (q - scores W_k)·S (c·dh per column);
+            # M·S for every chunk but the first; the inverse by doubling, c padded to p = 2^m: 2p(p² - 1)/3
             c = min(C, T)
             n = math.ceil(T / c)
-            per_layer += d * (n * (6 * c * c + 2 * c * (c - 1) + 8 * c * dh) + 2 * (n - 1) * dh * dh) / T
+            p = 1 << (c - 1).bit_length()
+            per_layer += d * (n * (12 * c * c + 6 * c * dh) + 2 * (n - 1) * dh * dh) / T
+            per_layer += H * n * 2 * p * (p * p - 1) / 3 / T
         elif T <= C:  # one chunk, unpadded: the masked T×T mixing and the state at its end
             per_layer += 4 * T * d + 2 * d * dh
         else:
