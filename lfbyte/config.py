@@ -188,14 +188,21 @@ def validate(cfg: dict[str, Any]) -> None:
         if "adapt_rank" in m:
             _check(p, is_int(m["adapt_rank"], lo=0),
                    f"model.adapt_rank={m['adapt_rank']!r} must be an integer >= 0 (0: no adaptive part)")
-        for key in ("data_decay", "channel_decay", "delta_rule"):
+        for key in ("data_decay", "channel_decay"):
             if key in m:
                 _check(p, isinstance(m[key], bool), f"model.{key}={m[key]!r} must be true or false")
+        if "delta_rule" in m and is_int(m.get("num_layers")):
+            from .model.lfbyte import DELTA_LAYERS, valid_delta_rule
+
+            _check(p, valid_delta_rule(m["delta_rule"], m["num_layers"]),
+                   DELTA_LAYERS.format(p="model.", value=m["delta_rule"], n=m["num_layers"]))
         if m.get("channel_decay") is True and m.get("mixer_kernel") == "fla":
             from .model.token_mixing import CHANNEL_DECAY_NO_FLA
 
             _check(p, False, CHANNEL_DECAY_NO_FLA.format(p="model."))
-        if m.get("delta_rule") is True and (m.get("channel_decay") is True or m.get("mixer_kernel") == "fla"):
+        delta = m.get("delta_rule")
+        if (delta is True or isinstance(delta, list) and delta) and (
+                m.get("channel_decay") is True or m.get("mixer_kernel") == "fla"):
             from .model.token_mixing import DELTA_RULE_ALONE
 
             _check(p, False, DELTA_RULE_ALONE.format(p="model."))

@@ -80,6 +80,8 @@ def _measure(model_cfg: dict[str, Any], layers: int, batch: int) -> tuple[int, i
     """(parameters, bytes saved for backward, largest intermediate) of one forward on the meta device."""
     from .model import build_model
 
+    if isinstance(model_cfg.get("delta_rule"), list):  # a hybrid's layer list: every layer counted as the costlier kind
+        model_cfg = {**model_cfg, "delta_rule": bool(model_cfg["delta_rule"])}
     with torch.device("meta"):
         model = build_model({**model_cfg, "num_layers": layers})
     params = model.num_parameters()

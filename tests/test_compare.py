@@ -58,6 +58,7 @@ MODELS = [  # every preset, plus the ablations and a length that is no multiple 
     ("tiny", {"num_experts": 1, "short_conv": 4, "seq_len": 256, "chunk_size": 64, "delta_rule": True}),
     ("tiny", {"seq_len": 40, "chunk_size": 64, "delta_rule": True}),  # one unpadded chunk
     ("mini", {"seq_len": 100, "delta_rule": True}),  # padded chunks
+    ("tiny", {"num_experts": 1, "short_conv": 4, "seq_len": 256, "chunk_size": 32, "delta_rule": [1]}),  # a hybrid
 ]
 
 

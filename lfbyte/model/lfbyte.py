@@ -14,6 +14,7 @@ logits of the full forward pass.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from torch import Tensor, nn
@@ -44,7 +45,9 @@ class LFByteConfig:
     chunk_size: int = 64
     data_decay: bool = True  # False: one fixed decay per head (the ablation without data-dependent decay)
     channel_decay: bool = False  # a decay rate per key channel, spread within each head (TokenMixing)
-    delta_rule: bool = False  # TokenMixing's state update: the gated delta rule instead of decay-and-add
+    # TokenMixing's state update: the gated delta rule instead of decay-and-add, in every layer (True) or in the
+    # listed ones (0-based layer indices: a hybrid)
+    delta_rule: bool | tuple[int, ...] = False
     short_conv: int = 0  # window of TokenMixing's causal conv + SiLU on k, v; 0: none (checkpoints before it)
     mixer_kernel: str = "auto"  # what computes token mixing (model/kernels.py): auto | torch | fla; same maths
     dropout: float = 0.0
@@ -66,8 +69,28 @@ class DecodeState:
     pos: int | Tensor = 0  # a 0-d tensor in a compiled decoding step (no recompilation per position)
 
 
+# why a delta_rule is refused (neither true/false nor a list of layers), for LFByteTransformer and the config check
+DELTA_LAYERS = ("{p}delta_rule={value!r} must be true, false or a list of distinct 0-based layer indices below "
+                "num_layers={n} (e.g. {p}delta_rule=[3]: the delta rule in the last of four layers only)")
+
+
+def valid_delta_rule(value: object, num_layers: int) -> bool:
+    """``delta_rule`` is true, false or a list of distinct layer indices in ``[0, num_layers)``."""
+    if isinstance(value, bool):
+        return True
+    if not isinstance(value, (list, tuple)):
+        return False
+    ok = all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < num_layers for i in value)
+    return ok and len(set(value)) == len(value)
+
+
+def delta_layer(cfg: LFByteConfig, index: int) -> bool:
+    """Whether block ``index`` mixes by the delta rule (``delta_rule``: true for all, or a list of layers)."""
+    return cfg.delta_rule if isinstance(cfg.delta_rule, bool) else index in cfg.delta_rule
+
+
 class LFBlock(nn.Module):
-    def __init__(self, cfg: LFByteConfig) -> None:
+    def __init__(self, cfg: LFByteConfig, index: int = 0) -> None:
         super().__init__()
         d = cfg.embed_dim
         self.norm1 = nn.LayerNorm(d, bias=False)
@@ -76,7 +99,7 @@ class LFBlock(nn.Module):
         self.conditioner = CausalConditioner(d, cfg.adapt_dim, cfg.conv_size) if cfg.adapt_rank else None
         self.mixer = TokenMixing(
             d, cfg.num_heads, cfg.adapt_dim, cfg.adapt_rank, cfg.seq_len, cfg.chunk_size, cfg.data_decay,
-            cfg.mixer_kernel, cfg.short_conv, cfg.channel_decay, cfg.delta_rule,
+            cfg.mixer_kernel, cfg.short_conv, cfg.channel_decay, delta_layer(cfg, index),
         )
         if cfg.num_experts > 1:
             hidden = max(64, cfg.hidden // cfg.top_k)
@@ -110,11 +133,18 @@ class LFByteTransformer(nn.Module):
     def __init__(self, config: LFByteConfig | None = None, **overrides: object) -> None:
         super().__init__()
         self.config = cfg = merge_config(LFByteConfig, config, overrides, "LFByteTransformer")
+        if not isinstance(cfg.delta_rule, bool):  # a list of layers (a ListConfig from Hydra): kept as a tuple
+            value = cfg.delta_rule
+            if isinstance(value, Sequence) and not isinstance(value, str):
+                value = list(value)
+            if not valid_delta_rule(value, cfg.num_layers):
+                raise ValueError(DELTA_LAYERS.format(p="", value=value, n=cfg.num_layers))
+            cfg.delta_rule = tuple(sorted(value))
         d = cfg.embed_dim
         self.embed = nn.Embedding(cfg.vocab_size, d)
         self.pos = PositionalEncoding(d, cfg.seq_len, cfg.pos_encoding)
         self.drop = Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(LFBlock(cfg) for _ in range(cfg.num_layers))
+        self.blocks = nn.ModuleList(LFBlock(cfg, i) for i in range(cfg.num_layers))
         self.norm = nn.LayerNorm(d, bias=False)
         self.head = nn.Linear(d, cfg.vocab_size, bias=False)
         self._init_weights()
@@ -188,31 +218,35 @@ class LFByteTransformer(nn.Module):
         cfg = self.config
         d, a, r, H, C = cfg.embed_dim, cfg.adapt_dim, cfg.adapt_rank, cfg.num_heads, cfg.chunk_size
         dh = d // H
-        proj_out = 4 * d + (H if cfg.data_decay else 0) + (H if cfg.delta_rule else 0)
-        per_layer = (2 * d * a + 2 * a * cfg.conv_size) if r else 0  # conditioner
-        per_layer += 2 * d * (proj_out + r) + 2 * a * r + 2 * r * proj_out  # adaptive in_proj
-        per_layer += 2 * 2 * d * self.blocks[0].mixer.short_conv  # short convolution over k, v
         T = seq_len or cfg.seq_len
-        if cfg.delta_rule:  # delta_mix per chunk of c (padded) and head: k·k and q·k (c² each), (I + A)^-1 times
-            # [V | K] and scores times it (c² per column of both), K̃ᵀ times it and (q - scores W_k)·S (c·dh per column);
-            # M·S for every chunk but the first; the inverse by doubling, c padded to p = 2^m: 2p(p² - 1)/3
-            c = min(C, T)
-            n = math.ceil(T / c)
-            p = 1 << (c - 1).bit_length()
-            per_layer += d * (n * (12 * c * c + 6 * c * dh) + 2 * (n - 1) * dh * dh) / T
-            per_layer += H * n * 2 * p * (p * p - 1) / 3 / T
-        elif T <= C:  # one chunk, unpadded: the masked T×T mixing and the state at its end
-            per_layer += 4 * T * d + 2 * d * dh
-        else:
-            per_layer += 4 * C * d + 4 * d * dh  # intra-chunk mixing + chunk states / inter-chunk read
-            per_layer += 2 * math.ceil(T / C) * d * dh // C  # combining chunk states
-        per_layer += 2 * d * d  # out_proj
-        ffn = self.blocks[0].ffn
-        if isinstance(ffn, MixtureOfExperts):
-            per_layer += 2 * d * ffn.num_experts + ffn.top_k * 6 * d * ffn.hidden
-        else:
-            per_layer += 6 * d * ffn.hidden
-        return float(cfg.num_layers * per_layer + 2 * d * cfg.vocab_size)
+        total = 2 * d * cfg.vocab_size
+        for block in self.blocks:
+            delta = block.mixer.delta_rule
+            proj_out = 4 * d + (H if cfg.data_decay else 0) + (H if delta else 0)
+            per_layer = (2 * d * a + 2 * a * cfg.conv_size) if r else 0  # conditioner
+            per_layer += 2 * d * (proj_out + r) + 2 * a * r + 2 * r * proj_out  # adaptive in_proj
+            per_layer += 2 * 2 * d * block.mixer.short_conv  # short convolution over k, v
+            if delta:  # delta_mix per chunk of c (padded) and head: k·k and q·k (c² each), (I + A)^-1 times [V | K]
+                # and scores times it (c² per column of both), K̃ᵀ times it and (q - scores W_k)·S (c·dh per column);
+                # M·S for every chunk but the first; the inverse by doubling, c padded to p = 2^m: 2p(p² - 1)/3
+                c = min(C, T)
+                n = math.ceil(T / c)
+                p = 1 << (c - 1).bit_length()
+                per_layer += d * (n * (12 * c * c + 6 * c * dh) + 2 * (n - 1) * dh * dh) / T
+                per_layer += H * n * 2 * p * (p * p - 1) / 3 / T
+            elif T <= C:  # one chunk, unpadded: the masked T×T mixing and the state at its end
+                per_layer += 4 * T * d + 2 * d * dh
+            else:
+                per_layer += 4 * C * d + 4 * d * dh  # intra-chunk mixing + chunk states / inter-chunk read
+                per_layer += 2 * math.ceil(T / C) * d * dh // C  # combining chunk states
+            per_layer += 2 * d * d  # out_proj
+            ffn = block.ffn
+            if isinstance(ffn, MixtureOfExperts):
+                per_layer += 2 * d * ffn.num_experts + ffn.top_k * 6 * d * ffn.hidden
+            else:
+                per_layer += 6 * d * ffn.hidden
+            total += per_layer
+        return float(total)
 
 
 __all__ = ["DecodeState", "LFByteConfig", "LFByteTransformer"]
