@@ -201,7 +201,7 @@ def validate(cfg: dict[str, Any]) -> None:
 
             _check(p, False, CHANNEL_DECAY_NO_FLA.format(p="model."))
         delta = m.get("delta_rule")
-        if (delta is True or isinstance(delta, list) and delta) and (
+        if (delta is True or isinstance(delta, (list, tuple)) and delta) and (
                 m.get("channel_decay") is True or m.get("mixer_kernel") == "fla"):
             from .model.token_mixing import DELTA_RULE_ALONE
 

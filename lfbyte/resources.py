@@ -5,8 +5,9 @@ would otherwise be found by the kernel's OOM killer: no ``error:`` line, no ``me
 other work on the machine at risk. The estimate runs the model on the ``meta`` device (shapes, no
 data): parameters, gradients and AdamW's two moments from the parameter count, activations as the
 tensors autograd saves for backward in one micro-batch, plus the largest single intermediate. Layers
-are identical, so one- and two-layer models are measured and the difference scaled to ``num_layers``
-(a deep config costs no more to check than a shallow one). Mixture-of-experts routing has no data on
+are identical (a delta-rule hybrid is measured as if every layer had the costlier delta rule), so one- and
+two-layer models are measured and the difference scaled to ``num_layers`` (a deep config costs no more to check
+than a shallow one). Mixture-of-experts routing has no data on
 ``meta``; an even load is assumed.
 """
 
@@ -80,7 +81,7 @@ def _measure(model_cfg: dict[str, Any], layers: int, batch: int) -> tuple[int, i
     """(parameters, bytes saved for backward, largest intermediate) of one forward on the meta device."""
     from .model import build_model
 
-    if isinstance(model_cfg.get("delta_rule"), list):  # a hybrid's layer list: every layer counted as the costlier kind
+    if not isinstance(model_cfg.get("delta_rule", False), bool):  # a hybrid's layers: all of the costlier kind
         model_cfg = {**model_cfg, "delta_rule": bool(model_cfg["delta_rule"])}
     with torch.device("meta"):
         model = build_model({**model_cfg, "num_layers": layers})

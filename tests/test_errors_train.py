@@ -93,14 +93,14 @@ def test_a_bad_attention_dropout_is_one_line(tmp_path: Path, text_file: Path) ->
          "model.channel_decay=true runs on the pure-torch mixer only (fla's simple-GLA kernels take one decay per "
          "head): use model.mixer_kernel=auto or torch"),
         ("model.delta_rule=true model.channel_decay=true",
-         "model.delta_rule=true takes one decay per head and runs on the pure-torch mixer: use "
+         "model.delta_rule (in any layer) takes one decay per head and runs on the pure-torch mixer: use "
          "model.channel_decay=false and model.mixer_kernel=auto or torch"),
         ("model.delta_rule=[1] model.mixer_kernel=fla",
-         "model.delta_rule=true takes one decay per head and runs on the pure-torch mixer: use "
+         "model.delta_rule (in any layer) takes one decay per head and runs on the pure-torch mixer: use "
          "model.channel_decay=false and model.mixer_kernel=auto or torch"),
-        *[(f"model.delta_rule={v}", f"model.delta_rule={shown} must be true, false or a list of distinct 0-based "
-           "layer indices below num_layers=2 (e.g. model.delta_rule=[3]: the delta rule in the last of four layers "
-           "only)") for v, shown in (("[2]", "[2]"), ("[0,0]", "[0, 0]"), ("last", "'last'"), ("1", "1"))],
+        *[(f"model.delta_rule={v}", f"model.delta_rule={shown} must be true, false or a list of 0-based layer "
+           "indices in increasing order below num_layers=2 (e.g. model.delta_rule=[3]: the delta rule in the last of "
+           "four layers only)") for v, shown in (("[2]", "[2]"), ("[1,0]", "[1, 0]"), ("last", "'last'"), ("1", "1"))],
         ("distributed.backend=bogus", "distributed.backend='bogus' must be one of ['auto', 'gloo', 'nccl']"),
         ("distributed.master_port=99999",
          "distributed.master_port=99999 must be null (a free port) or an integer in 1..65535"),

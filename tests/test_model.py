@@ -216,7 +216,7 @@ def test_delta_rule_replaces_what_a_key_stores() -> None:
 
 def test_delta_rule_refuses_what_it_cannot_run_with() -> None:
     for extra in ({"channel_decay": True}, {"mixer_kernel": "fla"}):
-        with pytest.raises(ValueError, match="delta_rule=true takes one decay per head"):
+        with pytest.raises(ValueError, match=r"delta_rule \(in any layer\) takes one decay per head"):
             TokenMixing(dim=32, num_heads=2, adapt_dim=8, adapt_rank=4, seq_len=64, delta_rule=True, **extra)
 
 
@@ -224,7 +224,7 @@ def test_delta_rule_in_the_listed_layers_only() -> None:
     """A list puts the delta rule in those layers (the others decay and add); the same model as one built with it
     everywhere, but for the other layers' mixing."""
     cfg = dict(TINY, num_layers=4, num_experts=1)
-    model = LFByteTransformer(**cfg, delta_rule=[3, 1])
+    model = LFByteTransformer(**cfg, delta_rule=[1, 3])
     assert model.config.delta_rule == (1, 3)
     assert [b.mixer.delta_rule for b in model.blocks] == [False, True, False, True]
     everywhere, nowhere = LFByteTransformer(**cfg, delta_rule=True), LFByteTransformer(**cfg, delta_rule=[])
@@ -233,8 +233,8 @@ def test_delta_rule_in_the_listed_layers_only() -> None:
         assert {n: p.shape for n, p in block.named_parameters()} == {n: p.shape for n, p in like.named_parameters()}
     assert nowhere.flops_per_token() < model.flops_per_token() < everywhere.flops_per_token()
     assert model.flops_per_token() == pytest.approx((nowhere.flops_per_token() + everywhere.flops_per_token()) / 2)
-    for bad in ([4], [-1], [1, 1], "last", [True], 3):
-        with pytest.raises(ValueError, match="must be true, false or a list of distinct 0-based layer indices"):
+    for bad in ([4], [-1], [1, 1], [3, 1], "last", [True], 3):
+        with pytest.raises(ValueError, match="must be true, false or a list of 0-based layer indices in increasing"):
             LFByteTransformer(**cfg, delta_rule=bad)
 
 

@@ -70,18 +70,19 @@ class DecodeState:
 
 
 # why a delta_rule is refused (neither true/false nor a list of layers), for LFByteTransformer and the config check
-DELTA_LAYERS = ("{p}delta_rule={value!r} must be true, false or a list of distinct 0-based layer indices below "
-                "num_layers={n} (e.g. {p}delta_rule=[3]: the delta rule in the last of four layers only)")
+DELTA_LAYERS = ("{p}delta_rule={value!r} must be true, false or a list of 0-based layer indices in increasing "
+                "order below num_layers={n} (e.g. {p}delta_rule=[3]: the delta rule in the last of four layers only)")
 
 
 def valid_delta_rule(value: object, num_layers: int) -> bool:
-    """``delta_rule`` is true, false or a list of distinct layer indices in ``[0, num_layers)``."""
+    """``delta_rule`` is true, false or a list of layer indices in ``[0, num_layers)``, increasing (one spelling per
+    model: a resumed run's config is compared as written)."""
     if isinstance(value, bool):
         return True
     if not isinstance(value, (list, tuple)):
         return False
     ok = all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < num_layers for i in value)
-    return ok and len(set(value)) == len(value)
+    return ok and list(value) == sorted(set(value))
 
 
 def delta_layer(cfg: LFByteConfig, index: int) -> bool:
@@ -139,7 +140,7 @@ class LFByteTransformer(nn.Module):
                 value = list(value)
             if not valid_delta_rule(value, cfg.num_layers):
                 raise ValueError(DELTA_LAYERS.format(p="", value=value, n=cfg.num_layers))
-            cfg.delta_rule = tuple(sorted(value))
+            cfg.delta_rule = tuple(value)
         d = cfg.embed_dim
         self.embed = nn.Embedding(cfg.vocab_size, d)
         self.pos = PositionalEncoding(d, cfg.seq_len, cfg.pos_encoding)

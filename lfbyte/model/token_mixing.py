@@ -165,7 +165,7 @@ def channel_decay_mix(
 
 
 # why delta_rule refuses channel_decay and fla, for the constructor (prefix "") and the config check ("model.")
-DELTA_RULE_ALONE = ("{p}delta_rule=true takes one decay per head and runs on the pure-torch mixer: use "
+DELTA_RULE_ALONE = ("{p}delta_rule (in any layer) takes one decay per head and runs on the pure-torch mixer: use "
                     "{p}channel_decay=false and {p}mixer_kernel=auto or torch")
 
 
