@@ -2,6 +2,7 @@
 
     python experiments/second_corpus/make_corpus.py outputs/vim_manual.txt
     python experiments/second_corpus/make_corpus.py outputs/vim_docs.txt --all   # all of Vim's documentation
+    python experiments/second_corpus/make_corpus.py outputs/vim_docs_1.6M.txt --all --train-bytes 1590560
 
 The user manual's 35 chapters of tutorial prose about a text editor (usr_01.txt ... usr_90.txt, in order):
 English written by other authors, on another subject and in another style than the default corpus
@@ -13,6 +14,10 @@ size and SHA-256 of what it wrote so a rerun can be checked against the recorded
 is seen twice (the user manual is seen ~13 times, the default corpus ~5), to test whether data repetition is
 what limits LFByteTransformer at 10 minutes. Its validation split (the last 5 %) is the end of the 9.0 release
 notes and the files after them (vi_diff.txt … workshop.txt).
+
+``--train-bytes N``: only the first N bytes of that training part, followed by the same validation part, so a run
+with the printed ``data.val_fraction`` is scored on the same bytes but trains on a corpus N bytes long (1,590,560:
+the default corpus's training split) — the same text, seen more often.
 """
 
 from __future__ import annotations
@@ -24,16 +29,22 @@ from pathlib import Path
 DOC = Path("/usr/share/vim/vim90/doc")
 
 
-def main(out: str, everything: bool = False) -> None:
+def main(out: str, everything: bool = False, train_bytes: int | None = None) -> None:
     chapters = sorted(DOC.glob("*.txt" if everything else "usr_[0-9][0-9].txt"))
     if not chapters:
         sys.exit(f"error: no {'*' if everything else 'usr_NN'}.txt under {DOC}; install Debian's vim-runtime package")
     data = b"".join(p.read_bytes() for p in chapters)
+    if train_bytes is not None:  # the split's rule (lfbyte.data.split_corpus): the last round(5 %) is validation
+        n_val = int(round(len(data) * 0.05))
+        data = data[: min(train_bytes, len(data) - n_val)] + data[len(data) - n_val :]
+        print(f"train on it with data.val_fraction={n_val / len(data)!r} (validation: the same {n_val:,} bytes)")
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_bytes(data)
     print(f"{out}: {len(chapters)} {'files' if everything else 'chapters'}, {len(data):,} bytes, sha256 {hashlib.sha256(data).hexdigest()}")
 
 
 if __name__ == "__main__":
-    args = [a for a in sys.argv[1:] if a != "--all"]
-    main(args[0] if args else "outputs/vim_manual.txt", "--all" in sys.argv[1:])
+    argv = sys.argv[1:]
+    head = int(argv.pop(argv.index("--train-bytes") + 1)) if "--train-bytes" in argv else None
+    args = [a for a in argv if a not in ("--all", "--train-bytes")]
+    main(args[0] if args else "outputs/vim_manual.txt", "--all" in argv, head)
