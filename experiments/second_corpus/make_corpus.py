@@ -3,6 +3,7 @@
     python experiments/second_corpus/make_corpus.py outputs/vim_manual.txt
     python experiments/second_corpus/make_corpus.py outputs/vim_docs.txt --all   # all of Vim's documentation
     python experiments/second_corpus/make_corpus.py outputs/vim_docs_1.6M.txt --all --train-bytes 1590560
+    python experiments/second_corpus/make_corpus.py outputs/vim_docs_1.6M_spread.txt --all --train-bytes 1590560 --spread
 
 The user manual's 35 chapters of tutorial prose about a text editor (usr_01.txt ... usr_90.txt, in order):
 English written by other authors, on another subject and in another style than the default corpus
@@ -17,7 +18,9 @@ notes and the files after them (vi_diff.txt … workshop.txt).
 
 ``--train-bytes N``: only the first N bytes of that training part, followed by the same validation part, so a run
 with the printed ``data.val_fraction`` is scored on the same bytes but trains on a corpus N bytes long (1,590,560:
-the default corpus's training split) — the same text, seen more often.
+the default corpus's training split) — the same text, seen more often. With ``--spread`` those N bytes are 16 KiB
+blocks taken evenly across the whole training part instead of its first N bytes (whose files, in name order, hold
+none of the release notes the validation part is drawn from).
 """
 
 from __future__ import annotations
@@ -27,16 +30,22 @@ import sys
 from pathlib import Path
 
 DOC = Path("/usr/share/vim/vim90/doc")
+BLOCK = 16384  # --spread: the training part is sampled in blocks of this many bytes
 
 
-def main(out: str, everything: bool = False, train_bytes: int | None = None) -> None:
+def main(out: str, everything: bool = False, train_bytes: int | None = None, spread: bool = False) -> None:
     chapters = sorted(DOC.glob("*.txt" if everything else "usr_[0-9][0-9].txt"))
     if not chapters:
         sys.exit(f"error: no {'*' if everything else 'usr_NN'}.txt under {DOC}; install Debian's vim-runtime package")
     data = b"".join(p.read_bytes() for p in chapters)
     if train_bytes is not None:  # the split's rule (lfbyte.data.split_corpus): the last round(5 %) is validation
         n_val = int(round(len(data) * 0.05))
-        data = data[: min(train_bytes, len(data) - n_val)] + data[len(data) - n_val :]
+        train = data[: len(data) - n_val]
+        if spread:  # 16 KiB blocks taken evenly across the training part: its mix of files, only less of it
+            blocks = [train[i : i + BLOCK] for i in range(0, len(train), BLOCK)]
+            keep = min(len(blocks), -(-train_bytes // BLOCK))
+            train = b"".join(blocks[i * len(blocks) // keep] for i in range(keep))
+        data = train[:train_bytes] + data[len(data) - n_val :]
         print(f"train on it with data.val_fraction={n_val / len(data)!r} (validation: the same {n_val:,} bytes)")
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_bytes(data)
@@ -46,5 +55,5 @@ def main(out: str, everything: bool = False, train_bytes: int | None = None) -> 
 if __name__ == "__main__":
     argv = sys.argv[1:]
     head = int(argv.pop(argv.index("--train-bytes") + 1)) if "--train-bytes" in argv else None
-    args = [a for a in argv if a not in ("--all", "--train-bytes")]
-    main(args[0] if args else "outputs/vim_manual.txt", "--all" in argv, head)
+    args = [a for a in argv if a not in ("--all", "--train-bytes", "--spread")]
+    main(args[0] if args else "outputs/vim_manual.txt", "--all" in argv, head, "--spread" in argv)
