@@ -216,6 +216,7 @@ def _missing_option(message: str) -> str:
     group, _, name = m.group(1).rpartition("/")
     if not group:
         return f"config {name!r} not found"
+    name = name if name.isprintable() else repr(name)  # a line break inside it (\x85, \x1c) would split the line
     return f"{group}={name} is not an option{did_you_mean(name, options)}; choose one of: {', '.join(options)}"
 
 

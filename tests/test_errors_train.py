@@ -500,3 +500,11 @@ def test_a_killed_ddp_worker_stops_the_run_promptly_with_the_cause(tmp_path: Pat
     assert json.loads((run / "metrics.json").read_text())["status"] == "failed"
     assert all(not Path(f"/proc/{w}").exists() or "Z" in Path(f"/proc/{w}/stat").read_text().split()[2]
                for w in workers)
+
+
+def test_a_config_name_with_line_breaks_stays_one_line() -> None:
+    """Hydra's 'Could not find' for a name holding characters that split lines (NEL, FS: a random every-key draw)."""
+    from lfbyte.cli import _missing_option
+
+    msg = "Could not find 'model/a\x85\x1cb'\n\nAvailable options in 'model':\n\ttiny\nConfig search path:"
+    assert _missing_option(msg).splitlines() == ["model='a\\x85\\x1cb' is not an option; choose one of: tiny"]
