@@ -2,9 +2,20 @@
 
 from typing import NoReturn
 
+# What str.splitlines breaks a line at besides "\n", the one separator a message's own lines use: in a message these
+# can only come from an echoed user value (a path, an override), and would cut its line; they are shown escaped.
+_BREAKS = str.maketrans({c: repr(c)[1:-1] for c in "\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"})
+
 
 class LFByteError(Exception):
-    """Base class; entry points print ``error: <message>`` and exit 2 instead of a traceback."""
+    """Base class; entry points print ``error: <message>`` and exit 2 instead of a traceback.
+
+    The message's lines are split at ``\\n`` only: any other line-break character in it is escaped."""
+
+    def __init__(self, *args: object) -> None:
+        if args and isinstance(args[0], str):
+            args = (args[0].translate(_BREAKS), *args[1:])
+        super().__init__(*args)
 
 
 class ConfigError(LFByteError):

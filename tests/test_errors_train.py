@@ -7,6 +7,8 @@ the exit code and that no traceback reaches the user.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import re
@@ -24,7 +26,7 @@ from lfbyte.checkpoint import load_checkpoint
 from lfbyte.cli import check_overrides
 from lfbyte.config import MAX_SEED, to_plain, usable_cpus, validate
 from lfbyte.distributed import DistInfo, spawn
-from lfbyte.errors import CheckpointError, ConfigError, LFByteError
+from lfbyte.errors import CheckpointError, ConfigError, DataError, LFByteError, print_error
 from lfbyte.train import train
 from lfbyte.trainer import Trainer
 
@@ -508,3 +510,14 @@ def test_a_config_name_with_line_breaks_stays_one_line() -> None:
 
     msg = "Could not find 'model/a\x85\x1cb'\n\nAvailable options in 'model':\n\ttiny\nConfig search path:"
     assert _missing_option(msg).splitlines() == ["model='a\\x85\\x1cb' is not an option; choose one of: tiny"]
+
+
+def test_any_message_splits_into_lines_at_newlines_only() -> None:
+    """Every LFByteError escapes the other characters str.splitlines breaks at, wherever a user's value is echoed."""
+    e = DataError("data.path=/a\rb\x0bc\x0cd\x1ce\x1df\x1eg\x85h\u2028i\u2029j does not exist\nsecond line")
+    assert str(e).splitlines() == ["data.path=/a\\rb\\x0bc\\x0cd\\x1ce\\x1df\\x1eg\\x85h\\u2028i\\u2029j does not exist",
+                                   "second line"]
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        print_error(e)
+    assert err.getvalue().count("error: ") == 2 and len(err.getvalue().splitlines()) == 2
