@@ -283,6 +283,8 @@ def validate(cfg: dict[str, Any]) -> None:
            f"distributed.master_addr={dist.get('master_addr')!r} must be a host name or address")
     vf = d.get("val_fraction")
     _check(p, is_number(vf) and 0 < vf < 1, f"data.val_fraction={vf!r} must be in (0, 1)")
+    noise = d.get("input_noise", 0.0)
+    _check(p, is_number(noise) and 0 <= noise < 1, f"data.input_noise={noise!r} must be in [0, 1) (0: off)")
     _check(p, dist.get("strategy") in STRATEGIES, f"distributed.strategy={dist.get('strategy')!r} must be one of {list(STRATEGIES)}")
     _check(p, is_int(dist.get("nproc_per_node")), f"distributed.nproc_per_node={dist.get('nproc_per_node')!r} must be an integer >= 1")
     _check(p, dist["backend"] in BACKENDS,

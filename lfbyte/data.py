@@ -229,9 +229,11 @@ class WindowSampler:
     data position, saved in checkpoints for exact resume.
     """
 
-    def __init__(self, corpus: ByteCorpus, split: Split, seq_len: int, seed: int) -> None:
-        self.corpus, self.split, self.seq_len = corpus, split, seq_len
+    def __init__(self, corpus: ByteCorpus, split: Split, seq_len: int, seed: int, input_noise: float = 0.0) -> None:
+        self.corpus, self.split, self.seq_len, self.input_noise = corpus, split, seq_len, input_noise
         self.rng = np.random.Generator(np.random.PCG64(seed))
+        # its own stream, so turning the noise on does not change which windows are drawn
+        self.noise_rng = np.random.Generator(np.random.PCG64([seed, 1]))
 
     def step_batches(self, batch_size: int, accumulation_steps: int, rank: int, world_size: int) -> np.ndarray:
         """Window starts for one optimizer step, (``accumulation_steps``, ``batch_size``): row j is micro-batch j.
@@ -242,16 +244,38 @@ class WindowSampler:
         starts = self.split.lo + self.rng.integers(0, high + 1, size=(accumulation_steps, world_size, batch_size))
         return starts[:, rank]
 
-    def read(self, starts: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def step_noise(self, batch_size: int, accumulation_steps: int, rank: int, world_size: int) -> np.ndarray | None:
+        """One noise key per window of :meth:`step_batches` (same shape), or None when ``input_noise`` is 0.
+
+        Drawn for the whole step like the starts, so a window's noise does not depend on how ranks and
+        micro-steps divide the step."""
+        if not self.input_noise:
+            return None
+        keys = self.noise_rng.integers(0, 2**63 - 1, size=(accumulation_steps, world_size, batch_size))
+        return keys[:, rank]
+
+    def read(self, starts: np.ndarray, noise_keys: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs and targets of the windows at ``starts``. With ``noise_keys`` (:meth:`step_noise`), each input
+        byte is, with probability ``input_noise``, replaced by a byte drawn from its own window (unigram noising,
+        Xie et al. 2017): the targets stay the true next bytes."""
         pos = starts[:, None] + np.arange(self.seq_len + 1)
-        tok = torch.from_numpy(self.corpus.tokens(pos))
-        return tok[:, :-1], tok[:, 1:]
+        tok = self.corpus.tokens(pos)
+        x = tok[:, :-1]
+        if noise_keys is not None:
+            x = x.copy()
+            for row, key in zip(x, noise_keys, strict=True):
+                g = np.random.default_rng(int(key))
+                hit = np.flatnonzero(g.random(self.seq_len) < self.input_noise)
+                row[hit] = row[g.integers(0, self.seq_len, size=len(hit))]  # the right side reads the clean row
+        return torch.from_numpy(x), torch.from_numpy(tok[:, 1:])
 
     def state_dict(self) -> dict:
-        return {"bit_generator": self.rng.bit_generator.state}
+        return {"bit_generator": self.rng.bit_generator.state, "noise_bit_generator": self.noise_rng.bit_generator.state}
 
     def load_state_dict(self, state: dict) -> None:
         self.rng.bit_generator.state = state["bit_generator"]
+        if "noise_bit_generator" in state:  # checkpoints from before input_noise: their noise stream never moved
+            self.noise_rng.bit_generator.state = state["noise_bit_generator"]
 
 
 def eval_windows(split: Split, seq_len: int, max_windows: int, scored: int | None = None) -> np.ndarray:

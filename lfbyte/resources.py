@@ -113,8 +113,10 @@ def estimate_memory(cfg: dict[str, Any]) -> MemoryEstimate:
     processes = int(dist.get("nproc_per_node", 1)) if spawned and on_cpu else 1
     batch = int(t["batch_size"])
     world = int(dist.get("nproc_per_node", 1)) if spawned else 1
-    # every rank draws the whole step's starts (int64): accumulation_steps × world × batch
-    step_windows = 8.0 * int(t.get("accumulation_steps", 1)) * world * batch
+    # every rank draws the whole step's starts (int64): accumulation_steps × world × batch; with data.input_noise
+    # as many noise keys again
+    noised = bool(cfg.get("data", {}).get("input_noise"))
+    step_windows = 8.0 * (1 + noised) * int(t.get("accumulation_steps", 1)) * world * batch
     try:
         p1, _, _ = _measure(m, 1, 0)
         p2, _, _ = _measure(m, 2, 0)

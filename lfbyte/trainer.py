@@ -139,7 +139,7 @@ class Trainer:
         self.corpus = load_corpus(dc.get("path"), dc.get("cache_dir"))
         self.seq_len = int(cfg["model"]["seq_len"])
         self.train_split, self.val_split = split_corpus(self.corpus, dc["val_fraction"], self.seq_len)
-        self.sampler = WindowSampler(self.corpus, self.train_split, self.seq_len, seed)
+        self.sampler = WindowSampler(self.corpus, self.train_split, self.seq_len, seed, float(dc.get("input_noise", 0.0)))
 
         torch.manual_seed(seed)  # identical initial weights on every rank
         self.sharded = cfg["distributed"]["strategy"] == "fsdp"
@@ -312,10 +312,11 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         batches = self.sampler.step_batches(self.batch_size, self.accum, self.info.rank, self.info.world_size)
+        noise = self.sampler.step_noise(self.batch_size, self.accum, self.info.rank, self.info.world_size)
         loss_sum = torch.zeros((), device=self.device)
         stats: list = []
         for j, starts in enumerate(batches):
-            x, y = self.sampler.read(starts)
+            x, y = self.sampler.read(starts, None if noise is None else noise[j])
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             with accumulate(self.model if self.sharded else self.train_model, last=j == len(batches) - 1):
                 with autocast(self.device, self.precision):

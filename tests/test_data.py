@@ -111,6 +111,37 @@ def test_sampler_state_resumes_the_data_position(text_file: Path) -> None:
     b = WindowSampler(corpus, train, 32, seed=99)
     b.load_state_dict(state)
     np.testing.assert_array_equal(b.step_batches(4, 1, 0, 1)[0], expected)
+    noisy = WindowSampler(corpus, train, 32, seed=1, input_noise=0.1)
+    noisy.step_noise(4, 1, 0, 1)
+    state, expected = noisy.state_dict(), noisy.step_noise(4, 1, 0, 1)
+    again = WindowSampler(corpus, train, 32, seed=99, input_noise=0.1)
+    again.load_state_dict(state)
+    np.testing.assert_array_equal(again.step_noise(4, 1, 0, 1), expected)
+
+
+def test_input_noise_replaces_input_bytes_from_their_own_window_and_keeps_targets(text_file: Path) -> None:
+    corpus = load_corpus(str(text_file))
+    train, _ = split_corpus(corpus, 0.1, 256)
+    clean, noisy = WindowSampler(corpus, train, 256, seed=3), WindowSampler(corpus, train, 256, seed=3, input_noise=0.2)
+    assert clean.step_noise(8, 2, 0, 1) is None
+    starts = noisy.step_batches(8, 2, 0, 1)
+    np.testing.assert_array_equal(starts, clean.step_batches(8, 2, 0, 1))  # the noise does not move the windows
+    keys = noisy.step_noise(8, 2, 0, 1)
+    assert keys.shape == starts.shape
+    x0, y0 = clean.read(starts[0])
+    x, y = noisy.read(starts[0], keys[0])
+    assert (y == y0).all()  # targets are the true next bytes
+    changed = (x != x0).float().mean().item()
+    assert 0.1 < changed < 0.2  # 20 % of the bytes drawn again, some of them the same byte
+    for row, row0 in zip(x, x0, strict=True):
+        assert set(row.tolist()) <= set(row0.tolist())  # unigram noise: bytes of the window itself
+    x2, _ = noisy.read(starts[0], keys[0])
+    assert (x2 == x).all()  # a key fixes the noise
+    # the same step's noise whichever way ranks and micro-steps divide it
+    def all_keys(batch: int, accum: int, world: int) -> list[int]:
+        return sorted(int(k) for r in range(world)
+                      for k in WindowSampler(corpus, train, 256, 7, 0.1).step_noise(batch, accum, r, world).ravel())
+    assert all_keys(8, 1, 1) == all_keys(4, 1, 2) == all_keys(2, 2, 2)
 
 
 def test_windows_stay_inside_their_split(text_file: Path) -> None:

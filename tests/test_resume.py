@@ -18,8 +18,8 @@ from lfbyte.train import train
 
 from .conftest import REPO, cli_env, compose_cfg, tiny_overrides
 
-# Dropout on, so resuming must also restore the RNG that draws the dropout masks.
-RESUME = {"trainer.max_steps": 16, "model.dropout": 0.1, "trainer.eval_interval": 4}
+# Dropout and input noise on, so resuming must also restore the RNGs that draw the masks and the noise.
+RESUME = {"trainer.max_steps": 16, "model.dropout": 0.1, "data.input_noise": 0.1, "trainer.eval_interval": 4}
 
 
 def _train_losses(run: Path, live: bool = False) -> dict[int, float]:
