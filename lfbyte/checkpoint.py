@@ -44,7 +44,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .errors import CheckpointError
+from .errors import CheckpointError, shown
 
 
 def checkpoint_dir(cfg: dict[str, Any] | None, run_dir: str | Path) -> Path:
@@ -428,17 +428,17 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
     try:
         found, folder = path.is_file(), path.is_dir()
     except OSError as e:  # e.g. a name longer than the filesystem allows
-        raise CheckpointError(f"checkpoint {str(path)[:200]} cannot be read ({e.strerror or e})") from None
+        raise CheckpointError(f"checkpoint {shown(path, 200)} cannot be read ({e.strerror or e})") from None
     if folder:
         if not is_sharded_checkpoint(path):
-            raise CheckpointError(f"{path} is a folder but not a complete sharded checkpoint (no "
+            raise CheckpointError(f"{shown(path)} is a folder but not a complete sharded checkpoint (no "
                                   f"{SHARDED_META} or .metadata); give a step_* checkpoint written by lfbyte")
         obj = _load_file(path / SHARDED_META, map_location)
         if weights:
             obj["model_state_dict"] = _gather_sharded_weights(path)
         return obj
     if not found:
-        raise CheckpointError(f"checkpoint {path} does not exist")
+        raise CheckpointError(f"checkpoint {shown(path)} does not exist")
     obj = _load_file(path, map_location)
     if "model_state_dict" not in obj:
         raise CheckpointError(f"{path} is not an lfbyte checkpoint (no model_state_dict)")

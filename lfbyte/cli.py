@@ -20,7 +20,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from .config import CONF_DIR, KEYS_HINT, check_output_dir, did_you_mean, to_plain
-from .errors import ConfigError, LFByteError, exit_with, short_repr
+from .errors import ConfigError, LFByteError, exit_with, shown
 
 Claim = Callable[[dict, Path, bool], None]  # (job config, run or sweep dir, multirun) -> None or raise
 
@@ -216,7 +216,7 @@ def _missing_option(message: str) -> str:
     group, _, name = m.group(1).rpartition("/")
     if not group:
         return f"config {name!r} not found"
-    name = name if name.isprintable() else short_repr(name)  # a line break inside it (\x85, \x1c) would split it
+    name = shown(name)
     return f"{group}={name} is not an option{did_you_mean(name, options)}; choose one of: {', '.join(options)}"
 
 

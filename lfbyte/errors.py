@@ -41,6 +41,15 @@ def short_repr(value: object, limit: int = 120) -> str:
     return text if len(text) <= limit else f"{text[:limit - 3]}... ({len(text)} characters)"
 
 
+def shown(value: object, limit: int | None = None) -> str:
+    """A user's value (a path, a name) as a message echoes it: as typed when it is printable (and, with ``limit``,
+    no longer), else by :func:`short_repr` (a newline in a file name would split the message's line)."""
+    text = str(value)
+    if text.isprintable() and (limit is None or len(text) <= limit):
+        return text
+    return short_repr(text, limit or 120)
+
+
 def print_error(e: BaseException) -> None:
     """The user-facing form: ``error: <line>`` on stderr for each line of the message."""
     import sys

@@ -32,7 +32,7 @@ from .checkpoint import (
     saved_step,
 )
 from .device import resolve_device
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, shown
 from .model import build_model
 
 
@@ -110,11 +110,11 @@ def load_run(
     try:
         is_dir, exists = run_dir.is_dir(), run_dir.exists()
     except OSError as e:  # e.g. a name longer than the filesystem allows
-        raise CheckpointError(f"run directory {str(run_dir)[:120]} cannot be read ({e.strerror or e}); "
+        raise CheckpointError(f"run directory {shown(run_dir, 120)} cannot be read ({e.strerror or e}); "
                               "pass run_dir=<a folder under outputs/>") from None
     if not is_dir:
         what = "is a file, not a folder" if exists else "does not exist"
-        raise CheckpointError(f"run directory {run_dir} {what}; pass run_dir=<a folder under outputs/>")
+        raise CheckpointError(f"run directory {shown(run_dir)} {what}; pass run_dir=<a folder under outputs/>")
     target = resolve_device(device, "device")
     cfg = _read_config(run_dir)
     if cfg is None and not (run_dir / "checkpoints").is_dir() and (runs := find_runs(run_dir)):

@@ -291,6 +291,26 @@ def test_app_every_key(tiny_run: Path, key: str, value: str) -> None:
     assert_one_clean_outcome(lambda: _app_once(tiny_run, key, value), f"app {key}={value[:80]}", 60)
 
 
+# A value holding line breaks, for every key of every command: each message that echoes it must keep its lines
+# (a random draw found NEL in a config name, and newlines in a path; LFByteError escapes the first kind, errors.shown
+# the second). One fixed value per key, so the random tests above need not be lucky to find a new echo.
+LINE_BREAKS = _quoted("a\n\nb\x85\x1cc\u2028d")
+EVERY_KEY = ([("train", k) for k in TRAIN_KEYS] + [("generate", k) for k in _flat_options("generate")]
+             + [("app", k) for k in _flat_options("app")])
+
+
+@pytest.mark.parametrize(("command", "key"), EVERY_KEY, ids=[f"{c}-{k[:40]}" for c, k in EVERY_KEY])
+def test_a_value_with_line_breaks_keeps_every_message_to_its_lines(
+        request: pytest.FixtureRequest, command: str, key: str) -> None:
+    if command == "train":
+        corpus = request.getfixturevalue("corpus")
+        run = lambda: _train_once(corpus, key, LINE_BREAKS)  # noqa: E731
+    else:
+        tiny = request.getfixturevalue("tiny_run")
+        run = lambda: (_generate_once if command == "generate" else _app_once)(tiny, key, LINE_BREAKS)  # noqa: E731
+    assert_one_clean_outcome(run, f"{command} {key}={LINE_BREAKS!r}", TRAIN_LIMIT)
+
+
 # -------------------------------------------------------------------------------------------- report
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from ..cli import hydra_cli, one_line_errors
 from ..config import check_threads, is_int, to_plain
-from ..errors import ConfigError
+from ..errors import ConfigError, shown
 from ..runs import as_path, describe_run, latest_run, runs_root_of
 from .records import RunCache
 from .ui import CSS, build_app
@@ -54,7 +54,7 @@ def check_address(host: str, port: int | None) -> None:
     try:  # Gradio takes [::1] for ::1
         family, kind, proto, _, addr = socket.getaddrinfo(host.strip("[]"), port or 0, type=socket.SOCK_STREAM)[0]
     except (OSError, UnicodeError) as e:
-        raise ConfigError(f"server_name={host} does not resolve ({getattr(e, 'strerror', None) or e}); "
+        raise ConfigError(f"server_name={shown(host)} does not resolve ({getattr(e, 'strerror', None) or e}); "
                           "use 127.0.0.1 (this machine only) or 0.0.0.0 (every interface)") from None
     with socket.socket(family, kind, proto) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Gradio does: a TIME_WAIT port is free
