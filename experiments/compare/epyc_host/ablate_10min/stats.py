@@ -19,11 +19,11 @@ na, full = finals("lf256_lin0_no_adaptive"), finals("lf256_lin0")
 beside_na, beside_full = finals("gpt128_lin0"), finals("gpt128_lin0_again")
 gpt = beside_na + beside_full
 for name, values in (("LF no_adaptive", na), ("LF", full), ("GPT beside no_adaptive", beside_na),
-                     ("GPT beside LF", beside_full), ("GPT, all four", gpt)):
+                     ("GPT beside LF", beside_full), ("GPT, every run", gpt)):
     print(f"{name}: {summarize(values)}")
 print(f"no_adaptive - LF, per seed: {[round(a - b, 4) for a, b in zip(na, full, strict=True)]}; {welch(na, full)}")
 print(f"LF / GPT beside, per seed: no_adaptive {[round(a / b, 4) for a, b in zip(na, beside_na, strict=True)]}, "
       f"LF {[round(a / b, 4) for a, b in zip(full, beside_full, strict=True)]}")
 mean = sum(gpt) / len(gpt)
-print(f"mean / mean of the four GPTs: no_adaptive {sum(na) / len(na) / mean:.4f}, LF {sum(full) / len(full) / mean:.4f}")
+print(f"mean / mean of every GPT run: no_adaptive {sum(na) / len(na) / mean:.4f}, LF {sum(full) / len(full) / mean:.4f}")
 print(f"no_adaptive vs the GPTs: {welch(na, gpt)}; LF vs the GPTs: {welch(full, gpt)}")
