@@ -216,8 +216,7 @@ def _missing_option(message: str) -> str:
     group, _, name = m.group(1).rpartition("/")
     if not group:
         return f"config {name!r} not found"
-    name = shown(name)
-    return f"{group}={name} is not an option{did_you_mean(name, options)}; choose one of: {', '.join(options)}"
+    return f"{group}={shown(name)} is not an option{did_you_mean(name, options)}; choose one of: {', '.join(options)}"
 
 
 def _override_problem(message: str, config_name: str, overrides: list[str], known: list[str] | None) -> str:
