@@ -25,6 +25,7 @@ none of the release notes the validation part is drawn from).
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import sys
 from pathlib import Path
@@ -53,7 +54,14 @@ def main(out: str, everything: bool = False, train_bytes: int | None = None, spr
 
 
 if __name__ == "__main__":
-    argv = sys.argv[1:]
-    head = int(argv.pop(argv.index("--train-bytes") + 1)) if "--train-bytes" in argv else None
-    args = [a for a in argv if a not in ("--all", "--train-bytes", "--spread")]
-    main(args[0] if args else "outputs/vim_manual.txt", "--all" in argv, head, "--spread" in argv)
+    ap = argparse.ArgumentParser(description="Write the comparison's second corpus from Vim's documentation.")
+    ap.add_argument("out", nargs="?", default="outputs/vim_manual.txt", help="file to write (default: %(default)s)")
+    ap.add_argument("--all", action="store_true", help="every *.txt of the doc folder, not only the user manual")
+    ap.add_argument("--train-bytes", type=int, metavar="N", help="keep only N bytes of the training part")
+    ap.add_argument("--spread", action="store_true", help="with --train-bytes: 16 KiB blocks spread across it")
+    a = ap.parse_args()
+    if a.train_bytes is not None and a.train_bytes <= 0:
+        ap.error(f"--train-bytes must be a positive number of bytes, got {a.train_bytes}")
+    if a.spread and a.train_bytes is None:
+        ap.error("--spread picks the blocks --train-bytes keeps; pass --train-bytes N with it")
+    main(a.out, a.all, a.train_bytes, a.spread)
