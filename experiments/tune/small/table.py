@@ -2,41 +2,37 @@
 
 Per setting: final val bits/byte (mean ± std over seeds), steps, and val bits/byte at the last evaluation every
 job of that model reached (wall-clock budgets give each job a different step count; the learning rate does not
-change the step time, so the equal-step column takes that noise out).
+change the step time, so the equal-step column takes that noise out). Jobs are read and grouped by seed with
+lfbyte.report's own readers; only the equal-step column is new here.
     python experiments/tune/small/table.py outputs/multirun/tune_small_10min
 """
 
-import glob
-import json
-import re
-import statistics as st
 import sys
+from pathlib import Path
+
+from lfbyte.report import find_jobs, group_by_seed, swept_keys
+from lfbyte.stats import summarize
 
 
-def _sd(values: list[float]) -> str:
-    return f" ± {st.stdev(values):.3f}" if len(values) > 1 else ""
+def _cell(values: list[float]) -> str:
+    s = summarize(values)
+    return f"{s.mean:.3f} ± {s.std:.3f}" if s.n > 1 else f"{s.mean:.3f}"
 
 
 def main(root: str) -> None:
-    for model, at in (("small", 1200), ("gpt_small", 800)):
-        groups: dict[str, list[tuple[float, int, float]]] = {}
-        for path in sorted(glob.glob(f"{root}/{model}/*/metrics.json")):
-            run = path.rsplit("/", 1)[0]
-            final = json.load(open(path))
-            if final["status"] != "completed":
-                continue
-            evals = {e["step"]: e["val_bpb"] for e in map(json.loads, open(f"{run}/metrics.jsonl")) if "val_bpb" in e}
-            setting = re.sub(r"_seed\d+$", "", run.rsplit("/", 1)[1])
-            groups.setdefault(setting, []).append((final["val_bpb"], final["step"], evals[at]))
+    for model in ("small", "gpt_small"):
+        jobs = [j for j in find_jobs(Path(root) / model) if j.ok]
+        curves = {id(j): {r["step"]: r["val_bpb"] for r in j.curve} for j in jobs}
+        at = max(set.intersection(*(set(c) for c in curves.values())))  # the last evaluation every job reached
+        groups = group_by_seed(jobs, swept_keys(jobs)[0])
+        groups.sort(key=lambda g: (g.settings["optimizer.warmup_steps"] != "50", float(g.settings["optimizer.lr"])))
         print(f"\n`{model}`\n\n| lr, warm-up | seeds | final val bits/byte | steps | at step {at} |")
         print("|---|---:|---:|---:|---:|")
-        for setting in sorted(groups, key=lambda k: (not k.endswith("warmup50"), float(k[2:].split("_")[0]))):
-            rows = groups[setting]
-            final, steps, at_step = ([r[i] for r in rows] for i in range(3))
-            name = setting.removeprefix("lr").replace("_warmup", ", ")
+        for g in groups:
+            lr, warmup = g.settings["optimizer.lr"], g.settings["optimizer.warmup_steps"]
+            at_step = [curves[id(j)][at] for j in g.finished]
             print(
-                f"| {name} | {len(rows)} | {st.mean(final):.3f}{_sd(final)} | {st.mean(steps):.0f} "
-                f"| {st.mean(at_step):.3f}{_sd(at_step)} |"
+                f"| {lr}, {warmup} | {len(g.values)} | {_cell(g.values)} | {g.mean_of('step'):.0f} | {_cell(at_step)} |"
             )
 
 
