@@ -21,7 +21,9 @@ def _cell(values: list[float]) -> str:
 
 def main(root: str) -> None:
     for model in ("small", "gpt_small"):
-        jobs = [j for j in find_jobs(Path(root) / model) if j.ok]
+        jobs = [j for j in find_jobs(Path(root) / model) if j.ok and j.curve]
+        if not jobs:
+            sys.exit(f"error: no finished {model} job under {root}/{model}; run the queue first (see the docstring)")
         curves = {id(j): {r["step"]: r["val_bpb"] for r in j.curve} for j in jobs}
         at = max(set.intersection(*(set(c) for c in curves.values())))  # the last evaluation every job reached
         groups = group_by_seed(jobs, swept_keys(jobs)[0])
