@@ -9,8 +9,10 @@ is a row with its status and error, never silently missing; a job whose files ar
 Jobs that differ only in ``seed`` are one group: a second table gives each group's mean ± std, n, min
 and max of the final val bits/byte, names the best group per model (the ``model`` or ``experiment``
 override, or ``--per``), and says for each comparison whether the difference exceeds the seed spread
-(Welch's t-test). The plot shows each group's mean curve with a ±1 std band against wall-clock and
-against training FLOPs (3 × forward FLOPs per byte × bytes seen).
+(Welch's t-test). Where a wall-clock budget gave one model's jobs different step counts, a column gives
+each group's val bits/byte at the last evaluation every job of that model reached: the settings at equal
+steps, without the step-count noise of a shared machine. The plot shows each group's mean curve with a
+±1 std band against wall-clock and against training FLOPs (3 × forward FLOPs per byte × bytes seen).
 """
 
 from __future__ import annotations
@@ -380,6 +382,10 @@ class Group:
     def summary(self) -> Summary | None:
         return summarize(self.values) if self.values else None
 
+    def at_step(self, step: int) -> list[float]:
+        """Each finished seed's val bits/byte at evaluation ``step`` (seeds without one are left out)."""
+        return [float(r["val_bpb"]) for j in self.finished for r in j.curve if r.get("step") == step]
+
     def mean_of(self, key: str) -> float | None:
         vals = [v for j in self.finished if (v := _with_derived(j).get(key)) is not None and is_number(v)]
         return sum(vals) / len(vals) if vals else None
@@ -418,6 +424,24 @@ def best_per(groups: list[Group], key: str | None) -> dict[str, Group]:
         if name not in best or s.mean < best[name].summary().mean:  # type: ignore[union-attr]
             best[name] = g
     return best
+
+
+def equal_steps(groups: list[Group], key: str | None) -> dict[str, int]:
+    """Per model (value of ``key``): the last evaluation step every finished job of that model reached — only for
+    models whose jobs ended at different steps (a wall-clock budget) and all logged a curve."""
+    evals: dict[str, list[set[int]]] = {}
+    ends: dict[str, set[Any]] = {}
+    for g in groups:
+        name = g.settings.get(key, "") if key else ""
+        for j in g.finished:
+            evals.setdefault(name, []).append({r["step"] for r in j.curve if is_int(r.get("step"))})
+            ends.setdefault(name, set()).add(j.metrics.get("step"))
+    out = {}
+    for name, steps in evals.items():
+        common = set.intersection(*steps)
+        if len(ends[name]) > 1 and common:
+            out[name] = max(common)
+    return out
 
 
 @dataclass
@@ -480,7 +504,8 @@ GROUP_COLUMNS = [  # (header, metrics key, format): means over a group's finishe
 ]
 
 
-def group_rows(groups: list[Group]) -> list[dict[str, Any]]:
+def group_rows(groups: list[Group], per: str | None = None) -> list[dict[str, Any]]:
+    at = equal_steps(groups, per)
     rows = []
     for g in groups:
         s = g.summary()
@@ -488,25 +513,38 @@ def group_rows(groups: list[Group]) -> list[dict[str, Any]]:
         row.update({"seeds": ",".join(j.overrides.get(SEED_KEY, "") for j in g.finished), "n": s.n if s else 0,
                     "failed": len(g.jobs) - len(g.finished), "mean": s.mean if s else None,
                     "std": s.std if s else None, "min": s.min if s else None, "max": s.max if s else None})
-        for header, key, _ in GROUP_COLUMNS:
-            v = g.mean_of(key)
-            row[header] = v / 1e12 if v is not None and key == "train_flops" else v
+        for header, metric, _ in GROUP_COLUMNS:
+            v = g.mean_of(metric)
+            row[header] = v / 1e12 if v is not None and metric == "train_flops" else v
+        if at:  # columns only where some model's jobs ended at different steps
+            step = at.get(g.settings.get(per, "") if per else "")
+            e = summarize(vals) if step is not None and (vals := g.at_step(step)) else None
+            row.update({"equal_step": step, "equal_step_n": e.n if e else None,
+                        "equal_step_mean": e.mean if e else None, "equal_step_std": e.std if e else None})
         rows.append(row)
     return rows
 
 
 def group_markdown(groups: list[Group], key: str | None, vs: dict[str, str] | None) -> list[str]:
     keys = list(groups[0].settings)
-    lines = ["## Seeds grouped", "", "Final val bits/byte over the seeds of each setting (std: sample, n − 1).", ""]
-    headers = [*keys, "n", "val bits/byte mean ± std", "min", "max", *(h for h, _, _ in GROUP_COLUMNS)]
+    rows = group_rows(groups, key)
+    equal = "equal_step" in rows[0]
+    lines = ["## Seeds grouped", "", "Final val bits/byte over the seeds of each setting (std: sample, n − 1)."
+             + (" *At equal steps*: val bits/byte at the last evaluation step every job of the model reached, since"
+                " the budget gave its jobs different step counts." if equal else ""), ""]
+    headers = [*keys, "n", "val bits/byte mean ± std", "min", "max", *(["at equal steps"] if equal else []),
+               *(h for h, _, _ in GROUP_COLUMNS)]
     lines.append("| " + " | ".join(headers) + " |")
     lines.append("|" + "|".join("---" if h in keys else "---:" for h in headers) + "|")
-    for g, row in zip(groups, group_rows(groups), strict=True):
+    for g, row in zip(groups, rows, strict=True):
         s = g.summary()
         stat = f"{s.mean:.4f} ± {s.std:.4f}" if s else "–"
         n = f"{row['n']}" + (f" (+{row['failed']} failed)" if row["failed"] else "")
         cells = [_md_cell(_fmt_value(g.settings[k])) for k in keys] + [n, stat, _md_cell(row["min"], "{:.4f}"),
                                                                      _md_cell(row["max"], "{:.4f}")]
+        if equal:
+            cells.append("–" if row["equal_step_mean"] is None else
+                         f"{row['equal_step_mean']:.4f} ± {row['equal_step_std']:.4f} (step {row['equal_step']:,})")
         cells += [_md_cell(row[h], f) for h, _, f in GROUP_COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
@@ -663,7 +701,7 @@ def report(sweep_dir: str | Path, out_dir: str | Path | None = None, by: str | N
     rows = table_rows(jobs, swept)
     write_csv(rows, out / "report.csv")
     if grouped:
-        write_csv(group_rows(groups), out / "report_groups.csv")
+        write_csv(group_rows(groups, per), out / "report_groups.csv")
     if plot:
         write_plot(groups, by, x_key, sweep_dir.resolve().name, out / "report.png", per)
     write_markdown(jobs, rows, swept, common, sweep_dir, "report.png" if plot else None, out / "report.md", grouped)

@@ -159,6 +159,39 @@ def test_report_groups_seeds_and_names_the_best_setting_per_model(tuned_sweep: P
     assert (tuned_sweep / "report.png").stat().st_size > 0
 
 
+def test_report_puts_budgeted_jobs_at_equal_steps(tmp_path: Path) -> None:
+    # a wall-clock budget: each job ends at its own step; the column reads every job of a model at the last
+    # evaluation they all reached (lf: 200, gpt: 100), the final values stay what they were
+    sweep = tmp_path / "budget"
+    ends = {("lf", "1e-3"): [260, 230], ("lf", "3e-3"): [210, 250], ("gpt", "1e-3"): [150, 120]}
+    for i, ((model, lr), steps) in enumerate(ends.items()):
+        for seed, end in enumerate(steps, start=1):
+            job = f"{i}{seed}"
+            _job(sweep, job, {"model": model, "optimizer.lr": lr, "seed": seed}, 2.0 + i / 10 + seed / 100, end)
+            curve = [{"step": s, "val_bpb": 3.0 + i / 10 + seed / 100 - s / 1000} for s in range(50, end, 50)]
+            curve.append({"step": end, "val_bpb": 2.0 + i / 10 + seed / 100})
+            (sweep / job / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in curve))
+    report(sweep, plot=False)
+    with open(sweep / "report_groups.csv") as f:
+        rows = {(r["model"], r["optimizer.lr"]): r for r in csv.DictReader(f)}
+    assert [rows[k]["equal_step"] for k in ends] == ["200", "200", "100"]
+    lf = rows[("lf", "1e-3")]
+    assert float(lf["equal_step_mean"]) == pytest.approx(3.0 + 0.015 - 0.2) and lf["equal_step_n"] == "2"
+    assert float(lf["mean"]) == pytest.approx(2.015)  # the final values are untouched
+    md = (sweep / "report.md").read_text()
+    assert "| gpt | 1e-3 | 2 | 2.2150 ± 0.0071 | 2.2100 | 2.2200 | 3.1150 ± 0.0071 (step 100) |" in md
+    # jobs that all ended at one step (a step budget) get no such column
+    for job in sweep.iterdir():
+        if job.is_dir():
+            curve = [{"step": s, "val_bpb": 2.5 - s / 1000} for s in (100, 200)]
+            (job / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in curve))
+            metrics = json.loads((job / "metrics.json").read_text())
+            (job / "metrics.json").write_text(json.dumps({**metrics, "step": 200}))
+    report(sweep, plot=False)
+    assert "at equal steps" not in (sweep / "report.md").read_text()
+    assert "equal_step" not in (sweep / "report_groups.csv").read_text()
+
+
 def test_report_tests_every_setting_against_a_baseline(tmp_path: Path) -> None:
     sweep = tmp_path / "ablate"
     for i, (ablation, bpbs) in enumerate({"none": [2.0, 2.01, 2.02], "no_moe": [2.0, 2.02, 2.04],
