@@ -382,6 +382,10 @@ class Group:
     def summary(self) -> Summary | None:
         return summarize(self.values) if self.values else None
 
+    def setting(self, key: str | None) -> str:
+        """This group's value of override ``key`` (e.g. the one naming its model); "" for no key or not set."""
+        return self.settings.get(key, "") if key else ""
+
     def at_step(self, step: int) -> list[float]:
         """Each finished seed's val bits/byte at evaluation ``step`` (seeds without one are left out)."""
         return [float(r["val_bpb"]) for j in self.finished for r in j.curve if r.get("step") == step]
@@ -420,7 +424,7 @@ def best_per(groups: list[Group], key: str | None) -> dict[str, Group]:
         s = g.summary()
         if s is None:
             continue
-        name = g.settings.get(key, "") if key else ""
+        name = g.setting(key)
         if name not in best or s.mean < best[name].summary().mean:  # type: ignore[union-attr]
             best[name] = g
     return best
@@ -432,7 +436,7 @@ def equal_steps(groups: list[Group], key: str | None) -> dict[str, int]:
     evals: dict[str, list[set[int]]] = {}
     ends: dict[str, set[Any]] = {}
     for g in groups:
-        name = g.settings.get(key, "") if key else ""
+        name = g.setting(key)
         for j in g.finished:
             evals.setdefault(name, []).append({r["step"] for r in j.curve if is_int(r.get("step"))})
             ends.setdefault(name, set()).add(j.metrics.get("step"))
@@ -480,7 +484,7 @@ def comparisons(groups: list[Group], key: str | None, vs: dict[str, str] | None)
             out.append(Comparison(a, b, f"best per {_short(key or 'model')}"))
     for name, top in best.items():
         rivals = [g for g in groups if g is not top and g.summary() is not None
-                  and (key is None or g.settings.get(key, "") == name)]
+                  and g.setting(key) == name]
         if rivals:
             runner = min(rivals, key=lambda g: g.summary().mean)  # type: ignore[union-attr]
             out.append(Comparison(top, runner, "best vs runner-up"))
@@ -517,7 +521,7 @@ def group_rows(groups: list[Group], per: str | None = None) -> list[dict[str, An
             v = g.mean_of(metric)
             row[header] = v / 1e12 if v is not None and metric == "train_flops" else v
         if at:  # columns only where some model's jobs ended at different steps
-            step = at.get(g.settings.get(per, "") if per else "")
+            step = at.get(g.setting(per))
             e = summarize(vals) if step is not None and (vals := g.at_step(step)) else None
             row.update({"equal_step": step, "equal_step_n": e.n if e else None,
                         "equal_step_mean": e.mean if e else None, "equal_step_std": e.std if e else None})
@@ -525,9 +529,10 @@ def group_rows(groups: list[Group], per: str | None = None) -> list[dict[str, An
     return rows
 
 
-def group_markdown(groups: list[Group], key: str | None, vs: dict[str, str] | None) -> list[str]:
+def group_markdown(groups: list[Group], rows: list[dict[str, Any]], key: str | None,
+                   vs: dict[str, str] | None) -> list[str]:
+    """The "Seeds grouped" section; ``rows``: ``group_rows(groups, key)``, one per group."""
     keys = list(groups[0].settings)
-    rows = group_rows(groups, key)
     equal = "equal_step" in rows[0]
     lines = ["## Seeds grouped", "", "Final val bits/byte over the seeds of each setting (std: sample, n − 1)."
              + (" *At equal steps*: val bits/byte at the last evaluation step every job of the model reached, since"
@@ -615,9 +620,9 @@ def write_plot(groups: list[Group], by: str | None, x_key: str, title: str, path
     import matplotlib.pyplot as plt
 
     done = sorted((g for g in groups if g.summary() is not None), key=lambda g: g.summary().mean)  # type: ignore[union-attr]
-    models = list(dict.fromkeys(g.settings.get(per, "") if per else "" for g in done))
+    models = list(dict.fromkeys(g.setting(per) for g in done))
     quota = max(1, MAX_CURVES // max(1, len(models)))
-    shown = [g for m in models for g in [g for g in done if (g.settings.get(per, "") if per else "") == m][:quota]]
+    shown = [g for m in models for g in [g for g in done if g.setting(per) == m][:quota]]
     fig, (ax_t, ax_f, ax_p) = plt.subplots(1, 3, figsize=(19, 5.5))
     for g in shown:
         label = g.label() + (f" (n={len(g.finished)})" if len(g.finished) > 1 else "")
@@ -640,7 +645,7 @@ def write_plot(groups: list[Group], by: str | None, x_key: str, title: str, path
 
     lines: dict[str, list[Group]] = {}
     for g in done:
-        lines.setdefault(g.settings.get(by, "") if by else "", []).append(g)
+        lines.setdefault(g.setting(by), []).append(g)
     for value, members in lines.items():
         pts = sorted((x, s.mean, s.std) for g in members
                      if (x := g.mean_of(x_key)) is not None and (s := g.summary()) is not None)
@@ -696,12 +701,13 @@ def report(sweep_dir: str | Path, out_dir: str | Path | None = None, by: str | N
         if key not in settings:
             raise ConfigError(f"--vs {key}=... is not a swept override of this sweep; choose from {settings}")
     groups = group_by_seed(jobs, swept)
-    grouped = group_markdown(groups, per, vs) if SEED_KEY in swept or vs else None
+    group_table = group_rows(groups, per)
+    grouped = group_markdown(groups, group_table, per, vs) if SEED_KEY in swept or vs else None
     out.mkdir(parents=True, exist_ok=True)
     rows = table_rows(jobs, swept)
     write_csv(rows, out / "report.csv")
     if grouped:
-        write_csv(group_rows(groups, per), out / "report_groups.csv")
+        write_csv(group_table, out / "report_groups.csv")
     if plot:
         write_plot(groups, by, x_key, sweep_dir.resolve().name, out / "report.png", per)
     write_markdown(jobs, rows, swept, common, sweep_dir, "report.png" if plot else None, out / "report.md", grouped)
