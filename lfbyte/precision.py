@@ -42,6 +42,15 @@ def resolve_precision(requested: str, device: torch.device) -> str:
     return "bf16" if cpu_has_fast_bf16() else "fp32"
 
 
+def slow_precision_warning(precision: str, device: torch.device) -> str | None:
+    """One warning line where a run asked for bf16 on a CPU without bf16 units (autocast then emulates it), else None."""
+    if device.type == "cpu" and precision == "bf16" and not cpu_has_fast_bf16():
+        return ("warning: trainer.precision=bf16 on a CPU without bf16 units (no amx_bf16 or avx512_bf16 flag): "
+                "autocast emulates it, 9x slower than fp32 in the 2-minute recipe's step on an AVX2-only EPYC "
+                "(experiments/compare/zen3_host/step_times.log); trainer.precision=auto picks fp32 here")
+    return None
+
+
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     if precision == "fp32":
         return contextlib.nullcontext()

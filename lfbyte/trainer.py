@@ -50,7 +50,7 @@ from .distributed import (
 from .errors import LFByteError, describe
 from .logger import Logger
 from .model import build_model
-from .precision import autocast, resolve_precision
+from .precision import autocast, resolve_precision, slow_precision_warning
 
 LN2 = math.log(2.0)
 
@@ -434,6 +434,8 @@ class Trainer:
                   f"{len(self.train_split):,} train / {len(self.val_split):,} val bytes | "
                   f"precision {self.precision} | device {self.device} x{info.world_size} | run {self.run_dir}",
                   flush=True)
+            if warning := slow_precision_warning(self.precision, self.device):
+                print(warning, file=sys.stderr, flush=True)
         if self._samples() and self.step == 0:
             self._sample(max_length=2)  # sampling that would fail at the first evaluation fails now, before training
         eval_interval, log_interval = int(tc["eval_interval"]), int(tc["log_interval"])
